@@ -1,0 +1,115 @@
+"""Run folders: configuration, per-epoch summary, checkpoints; atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pandas as pd
+import paddle
+from paddle import nn
+
+from .config import Config
+from .errors import CompetitionError
+from .models import build_model
+
+SUMMARY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+CHECKPOINT = "best"  # best.pdparams + best.pdopt
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only on success."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise CompetitionError(f"{path.parent}: cannot write there ({exc.strerror}).") from None
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CompetitionError(f"{path}: could not be written ({exc.strerror}); "
+                               "the previous file, if any, is unchanged.") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def create_run_dir(runs_dir: str, model: str) -> Path:
+    """A new, empty runs/<timestamp>-<model>/ folder (suffixed if the name is taken)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 100):
+        suffix = "" if attempt == 1 else f"-{attempt}"
+        run_dir = Path(runs_dir) / f"{stamp}-{model}{suffix}"
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise CompetitionError(f"{runs_dir}: cannot create a run folder ({exc.strerror}).") from None
+    raise CompetitionError(f"{runs_dir}: too many runs named {stamp}-{model}.")
+
+
+def save_config(run_dir: Path, config: Config) -> None:
+    """Write config.json, which is enough to rebuild the model."""
+    with atomic_path(run_dir / "config.json") as tmp:
+        config.save(tmp)
+
+
+def save_checkpoint(run_dir: Path, model: nn.Layer, optimizer: paddle.optimizer.Optimizer) -> None:
+    """Write best.pdparams and best.pdopt, each atomically."""
+    for state, ext in ((model.state_dict(), "pdparams"), (optimizer.state_dict(), "pdopt")):
+        with atomic_path(run_dir / f"{CHECKPOINT}.{ext}") as tmp:
+            paddle.save(state, str(tmp))
+
+
+def write_summary(run_dir: Path, history: list[dict[str, float]]) -> None:
+    """Rewrite summary.csv, one row per finished epoch."""
+    with atomic_path(run_dir / "summary.csv") as tmp:
+        pd.DataFrame(history, columns=SUMMARY_COLUMNS).to_csv(tmp, index=False)
+
+
+def read_summary(run_dir: Path) -> pd.DataFrame:
+    """The per-epoch summary of a run."""
+    try:
+        return pd.read_csv(run_dir / "summary.csv")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        raise CompetitionError(f"{run_dir}: has no readable summary.csv; is it a finished run?") from None
+
+
+def best_val_acc(run_dir: Path) -> Optional[float]:
+    """The best validation accuracy of a run, None when it had no validation split."""
+    acc = read_summary(run_dir)["val_acc"].max()
+    return None if acc is None or math.isnan(acc) else float(acc)
+
+
+def load_model(run_dir: Path) -> tuple[nn.Layer, Config]:
+    """Rebuild a run's model from its folder alone, in eval mode."""
+    run_dir = Path(run_dir)
+    params = run_dir / f"{CHECKPOINT}.pdparams"
+    if not (run_dir / "config.json").is_file() or not params.is_file():
+        raise CompetitionError(f"{run_dir}: not a finished run folder; expected config.json "
+                               f"and {params.name}.")
+    config = Config.load(run_dir / "config.json")
+    model = build_model(config.model)
+    model.set_state_dict(paddle.load(str(params)))
+    model.eval()
+    return model, config
+
+
+def newest_run(runs_dir: str) -> Path:
+    """The most recent run folder with a checkpoint."""
+    runs = sorted(p.parent for p in Path(runs_dir).glob(f"*/{CHECKPOINT}.pdparams"))
+    if not runs:
+        raise CompetitionError(f"no trained run in {runs_dir}/; train one first "
+                               "(competition train) or pass --run DIR.")
+    return max(runs, key=lambda p: ((p / "config.json").stat().st_mtime, p.name))
+

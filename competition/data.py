@@ -1,0 +1,328 @@
+"""Finding, reading and checking the contest CSVs; the Dataset that feeds Paddle."""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+import re
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import paddle
+
+from .errors import CompetitionError
+
+N_PIXELS = 784
+SIDE = 28
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+TRAIN_FILE = "fashion-mnist_train.csv"
+TEST_FILE = "fashion-mnist_test_data.csv"
+DOWNLOAD_HINT = ("download the contest's CSV files (fashion-mnist_train.csv, "
+                 "fashion-mnist_test_data.csv, plain or .gz) from the contest's data page "
+                 "into data/, or pass --data-dir")
+_PIXEL = re.compile(r"pixel(\d+)$")
+_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass
+class ImageTable:
+    """Images of one CSV file: uint8 pixels in pixel order, labels and ids when present."""
+
+    path: Path
+    images: np.ndarray  # uint8 [N, 784]
+    labels: Optional[np.ndarray] = None  # int64 [N]
+    ids: Optional[np.ndarray] = None  # str [N], test files only
+    id_column: str = "id"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def head(self, n: int) -> "ImageTable":
+        """The first n rows (for smoke runs)."""
+        cut = lambda a: None if a is None else a[:n]  # noqa: E731
+        return replace(self, images=self.images[:n], labels=cut(self.labels), ids=cut(self.ids))
+
+
+def search_dirs(data_dir: Optional[str] = None) -> list[Path]:
+    """Where the contest files are looked for, in order."""
+    first = data_dir or os.environ.get("FMNIST_DATA")
+    dirs = [Path(first)] if first else []
+    return dirs + [Path("data"), Path("../shared/data/fashion-mnist")]
+
+
+def find_data_file(name: str, data_dir: Optional[str] = None) -> Path:
+    """The first existing `name` or `name.gz` in the search dirs, or a clear error."""
+    tried = []
+    for folder in search_dirs(data_dir):
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+            tried.append(str(candidate))
+    raise CompetitionError(f"cannot find {name}; tried {', '.join(tried)}; {DOWNLOAD_HINT}.")
+
+
+def read_train_csv(path: Path) -> ImageTable:
+    """Read a labeled training CSV (`label` plus pixel1…pixel784)."""
+    return _read_csv(Path(path), need_label=True, want_ids=False)
+
+
+def read_test_csv(path: Path) -> ImageTable:
+    """Read a test CSV: an id column (or ids 0…n-1), pixels, optionally `label`."""
+    return _read_csv(Path(path), need_label=False, want_ids=True)
+
+
+def _read_csv(path: Path, need_label: bool, want_ids: bool) -> ImageTable:
+    compression = _compression(path)
+    columns = _read_header(path, compression)
+    pixels = _pixel_columns(path, columns)
+    has_label = "label" in columns
+    if need_label and not has_label:
+        raise CompetitionError(f"{path}: no 'label' column; a training file needs the class "
+                               "of each image in a column named label.")
+    others = [c for c in columns if c not in set(pixels) and c != "label"]
+    id_column = others[0] if want_ids and others else None
+    numeric = pixels + (["label"] if has_label else [])
+    frame = _parse(path, compression, columns, numeric)
+    if frame.empty:
+        raise CompetitionError(f"{path}: has a header but no data rows.")
+    images = _checked_ints(path, frame, pixels, 0, 255, "a pixel value")
+    labels = _checked_ints(path, frame, ["label"], 0, 9, "a class label")[:, 0] if has_label else None
+    table = ImageTable(path, images.astype(np.uint8), None if labels is None else labels.astype(np.int64))
+    if want_ids:
+        table.ids, table.id_column = _ids(path, frame, id_column)
+    return table
+
+
+def _compression(path: Path) -> Optional[str]:
+    """Sniff gzip by its magic bytes, whatever the file is called."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except FileNotFoundError:
+        raise CompetitionError(f"{path}: no such file.") from None
+    except IsADirectoryError:
+        raise CompetitionError(f"{path}: is a folder; expected a CSV file.") from None
+    except OSError as exc:
+        raise CompetitionError(f"{path}: cannot be read ({exc.strerror}).") from None
+    if not head:
+        raise CompetitionError(f"{path}: the file is empty; expected a CSV with a header row.")
+    return "gzip" if head == _GZIP_MAGIC else None
+
+
+def _read_header(path: Path, compression: Optional[str]) -> list[str]:
+    opener = gzip.open if compression else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(io.StringIO(handle.readline())), [])
+    except UnicodeDecodeError:
+        raise CompetitionError(f"{path}: is not a text CSV file (not UTF-8); "
+                               "expected comma-separated values with a header row.") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        raise CompetitionError(f"{path}: is a damaged or truncated gzip file; "
+                               "download it again.") from None
+    if not header or not any(name.strip() for name in header):
+        raise CompetitionError(f"{path}: the first line is empty; expected a header row "
+                               "(label, pixel1…pixel784).")
+    if len(header) == 1:
+        for sep in (";", "\t", "|"):
+            if sep in header[0]:
+                raise CompetitionError(f"{path}: values are separated by {sep!r}; "
+                                       "expected a comma-separated file.")
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise CompetitionError(f"{path}: the header repeats column '{duplicated[0]}'; "
+                               "expected each column name once.")
+    return header
+
+
+def _pixel_columns(path: Path, columns: list[str]) -> list[str]:
+    """Pixel columns by their `pixel` prefix, sorted into pixel order."""
+    numbered = sorted((int(m.group(1)), name) for name in columns if (m := _PIXEL.match(name)))
+    if not numbered:
+        raise CompetitionError(f"{path}: the header has no pixel columns; expected a header "
+                               f"row with {N_PIXELS} columns pixel1…pixel{N_PIXELS}.")
+    if len(numbered) != N_PIXELS:
+        raise CompetitionError(f"{path}: found {len(numbered)} pixel columns; expected "
+                               f"{N_PIXELS} (pixel1…pixel{N_PIXELS}, one per pixel of a 28×28 image).")
+    first = numbered[0][0]
+    if first not in (0, 1) or [n for n, _ in numbered] != list(range(first, first + N_PIXELS)):
+        raise CompetitionError(f"{path}: pixel columns are not numbered pixel1…pixel{N_PIXELS} "
+                               "(or pixel0…pixel783).")
+    return [name for _, name in numbered]
+
+
+def _parse(path: Path, compression: Optional[str], columns: list[str],
+           numeric: list[str]) -> pd.DataFrame:
+    """Fast typed parse; on a bad cell, a slower pass finds and names it."""
+    # Every column is read (not usecols): pandas silently drops a row's extra
+    # fields when usecols is given. int16 holds every valid value and any
+    # out-of-range one worth reporting; explicit dtypes make the 60,000-row
+    # file load in about 2 s.
+    dtypes = {name: str for name in columns} | {name: np.int16 for name in numeric}
+    try:
+        return _read_frame(path, compression, dtypes)
+    except pd.errors.ParserError as exc:
+        match = _FIELDS.search(str(exc))
+        where = (f", line {match.group(2)}: expected {match.group(1)} fields, found {match.group(3)}"
+                 if match else f": not a well-formed CSV ({str(exc).strip()})")
+        raise CompetitionError(f"{path}{where}.") from None
+    except ValueError:  # a non-numeric, non-integer, missing or huge cell
+        raise _diagnose(path, compression, columns, numeric) from None
+
+
+def _read_frame(path: Path, compression: Optional[str], dtypes: dict) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=dtypes, compression=compression,
+                           encoding="utf-8-sig", keep_default_na=False, na_values=[""])
+    except UnicodeDecodeError:
+        raise CompetitionError(f"{path}: contains bytes that are not UTF-8 text; "
+                               "expected a plain CSV file.") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        raise CompetitionError(f"{path}: the gzip data ends early or is damaged "
+                               "(truncated download?); download it again.") from None
+    except pd.errors.EmptyDataError:
+        raise CompetitionError(f"{path}: the file is empty; expected a CSV with a header row.") from None
+
+
+def _diagnose(path: Path, compression: Optional[str], columns: list[str],
+              numeric: list[str]) -> CompetitionError:
+    """Locate the first cell the typed parse rejected."""
+    frame = _read_frame(path, compression, {name: str for name in columns})
+    text = frame[numeric]
+    values = text.apply(pd.to_numeric, errors="coerce")
+    bad = (values.isna() | (values != values.round())).to_numpy()
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raw = text.iat[row, col]
+        found = "an empty cell" if pd.isna(raw) or not str(raw).strip() else f"'{raw}'"
+        return CompetitionError(f"{path}, row {row + 1} (line {row + 2}), column "
+                                f"'{numeric[col]}': expected an integer, found {found}.")
+    # Every cell is an integer, so one overflowed int16: the range checks name it.
+    values = values.astype(np.int64)
+    try:
+        _checked_ints(path, values, [c for c in numeric if c != "label"], 0, 255, "a pixel value")
+        _checked_ints(path, values, [c for c in numeric if c == "label"], 0, 9, "a class label")
+    except CompetitionError as exc:
+        return exc
+    return CompetitionError(f"{path}: not a well-formed CSV of integers.")
+
+
+def _checked_ints(path: Path, frame: pd.DataFrame, columns: list[str], low: int, high: int,
+                  what: str) -> np.ndarray:
+    """The columns as an array, or an error naming the first value outside low…high."""
+    values = frame[columns].to_numpy()
+    bad = (values < low) | (values > high)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise CompetitionError(f"{path}, row {row + 1} (line {row + 2}), column '{columns[col]}': "
+                               f"expected {what} from {low} to {high}, found {values[row, col]}.")
+    return values
+
+
+def _ids(path: Path, frame: pd.DataFrame, id_column: Optional[str]) -> tuple[np.ndarray, str]:
+    """The test ids as strings (kept verbatim for the submission), or 0…n-1."""
+    if id_column is None:
+        return np.arange(len(frame)).astype(str), "id"
+    ids = frame[id_column]
+    missing = np.flatnonzero(ids.isna().to_numpy())
+    if len(missing):
+        row = missing[0]
+        raise CompetitionError(f"{path}, row {row + 1} (line {row + 2}), column '{id_column}': "
+                               "missing id; expected every test row to have one.")
+    duplicated = ids[ids.duplicated()].unique()
+    if len(duplicated):
+        examples = ", ".join(map(str, duplicated[:3]))
+        raise CompetitionError(f"{path}: column '{id_column}' has duplicate ids ({examples}); "
+                               "expected each test row to have its own id.")
+    return ids.to_numpy(dtype=str), id_column
+
+
+def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, class-stratified (train, validation) index split.
+
+    Written here rather than taken from scikit-learn to keep that heavy
+    dependency out; it is a per-class shuffle with largest-remainder quotas.
+    """
+    n = len(labels)
+    n_val = int(val_size) if val_size >= 1 or val_size == 0 else max(1, round(val_size * n))
+    if n_val >= n:
+        raise CompetitionError(f"--val-size {val_size:g} holds out {n_val} of the {n} training rows, "
+                               "leaving none to train on; expected a smaller validation split.")
+    if n_val == 0:
+        return np.arange(n), np.arange(0)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n_val / n
+    take = np.floor(quota).astype(int)
+    take[np.argsort(take - quota)[: n_val - take.sum()]] += 1  # largest remainders first
+    rng = np.random.default_rng(seed)
+    val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k]
+                          for c, k in zip(classes, take)])
+    is_val = np.zeros(n, dtype=bool)
+    is_val[val] = True
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+class FashionMNIST(paddle.io.Dataset):
+    """Float32 images [1, 28, 28] scaled to [0, 1] and int64 labels (when known).
+
+    The only place pixels are normalized. `batch()` gathers many rows with
+    one numpy call so the training loop never runs Python per sample.
+    """
+
+    def __init__(self, images: np.ndarray, labels: Optional[np.ndarray] = None):
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        return tuple(part[0] for part in self.batch(np.asarray([index])))
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Images (and labels) of many rows at once."""
+        # uint8 / 255.0 would be float64: divide by a float32 scalar.
+        x = self.images[indices].reshape(-1, 1, SIDE, SIDE).astype(np.float32) / np.float32(255)
+        return (x,) if self.labels is None else (x, self.labels[indices])
+
+
+class Batches(paddle.io.Dataset):
+    """A dataset whose items are whole batches of another, in a batch sampler's order.
+
+    paddle.io.DataLoader's own batching calls __getitem__ once per sample and
+    then collates; with batch_size=None it takes these ready batches as they are.
+    """
+
+    def __init__(self, dataset: FashionMNIST, batch_sampler: paddle.io.BatchSampler):
+        self.dataset = dataset
+        self.batch_sampler = batch_sampler
+        self.order = [np.asarray(b) for b in batch_sampler]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for an epoch (deterministic given the epoch number)."""
+        self.batch_sampler.set_epoch(epoch)
+        self.order = [np.asarray(b) for b in self.batch_sampler]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, ...]:
+        return self.dataset.batch(self.order[k])
+
+
+def make_loader(dataset: FashionMNIST, batch_size: int, shuffle: bool) -> paddle.io.DataLoader:
+    """A DataLoader of whole batches; shuffled ones reshuffle via loader.dataset.set_epoch()."""
+    if shuffle:
+        # DistributedBatchSampler shuffles with RandomState(epoch), so the order
+        # is reproducible; with one process it covers every row.
+        sampler = paddle.io.DistributedBatchSampler(dataset, batch_size, shuffle=True)
+    else:
+        sampler = paddle.io.BatchSampler(dataset, batch_size=batch_size, shuffle=False)
+    return paddle.io.DataLoader(Batches(dataset, sampler), batch_size=None)

@@ -1,0 +1,101 @@
+"""Prediction: a run's model on an unlabeled test file, written as a contest submission."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from . import checkpoint
+from .data import TEST_FILE, FashionMNIST, ImageTable, find_data_file, make_loader, read_test_csv
+from .errors import CompetitionError
+from .models import N_CLASSES
+
+
+@dataclass
+class Submission:
+    """Where a prediction was written and what it was based on."""
+
+    path: Path
+    archived: Path
+    rows: int
+    val_acc: Optional[float]
+
+
+def load_test_table(test: Optional[str], data_dir: Optional[str] = None) -> ImageTable:
+    """The test file named, or the contest's found in the data dirs."""
+    path = Path(test) if test else find_data_file(TEST_FILE, data_dir)
+    return read_test_csv(path)
+
+
+@paddle.no_grad()
+def predict_probs(model: nn.Layer, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Softmax probabilities [N, 10] for uint8 images [N, 784], batched, in eval mode."""
+    model.eval()
+    loader = make_loader(FashionMNIST(images), batch_size, shuffle=False)
+    probs = [F.softmax(model(x), axis=1).numpy() for (x,) in loader]
+    return np.concatenate(probs) if probs else np.zeros((0, N_CLASSES), np.float32)
+
+
+def accuracy_on(run_dir: Path, table: ImageTable) -> float:
+    """Accuracy of a run's model on a labeled table."""
+    if table.labels is None:
+        raise CompetitionError(f"{table.path}: has no 'label' column to score against.")
+    model, _ = checkpoint.load_model(run_dir)
+    return float((predict_probs(model, table.images).argmax(1) == table.labels).mean())
+
+
+def predict_run(run_dir: Path, table: ImageTable, out: Path) -> Submission:
+    """Write the run's submission for `table` to `out` and a never-overwritten copy beside it."""
+    model, _ = checkpoint.load_model(run_dir)
+    labels = predict_probs(model, table.images).argmax(1)
+    frame = submission_frame(table, labels)
+    write_submission(frame, out)
+    val_acc = checkpoint.best_val_acc(run_dir)
+    tag = "noval" if val_acc is None else f"val{val_acc:.4f}"
+    archived = archive_submission(out, Path(out).parent, f"{Path(run_dir).name}-{tag}")
+    return Submission(out, archived, len(frame), val_acc)
+
+
+def submission_frame(table: ImageTable, labels: np.ndarray) -> pd.DataFrame:
+    """`<id column>,label` in test order, checked before anything is written."""
+    labels = np.asarray(labels)
+    if len(labels) != len(table) or labels.min(initial=0) < 0 or labels.max(initial=0) >= N_CLASSES:
+        raise CompetitionError(f"internal error: {len(labels)} predictions for {len(table)} test rows "
+                               "or labels outside 0-9; nothing was written.")
+    return pd.DataFrame({table.id_column: table.ids, "label": labels.astype(np.int64)})
+
+
+def write_submission(frame: pd.DataFrame, out: Path) -> None:
+    """Write atomically: an interrupted write leaves the previous submission intact."""
+    with checkpoint.atomic_path(Path(out)) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def archive_submission(src: Path, archive_dir: Path, stem: str) -> Path:
+    """Copy `src` to archive_dir/<stem>.csv, adding -2, -3… rather than overwrite."""
+    try:
+        archive_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=archive_dir, prefix=f".{stem}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(Path(src).read_bytes())
+    except OSError as exc:
+        raise CompetitionError(f"{archive_dir}: cannot archive the submission ({exc.strerror}).") from None
+    try:
+        for attempt in range(1, 1000):
+            target = archive_dir / (f"{stem}.csv" if attempt == 1 else f"{stem}-{attempt}.csv")
+            try:
+                os.link(tmp, target)  # appears whole, and fails rather than replace a file
+                return target
+            except FileExistsError:
+                continue
+        raise CompetitionError(f"{archive_dir}: too many archived submissions named {stem}.")
+    finally:
+        os.unlink(tmp)

@@ -1,0 +1,173 @@
+"""Training: separate train and validation phases, best checkpoint by validation accuracy."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import Config
+from .data import TRAIN_FILE, FashionMNIST, ImageTable, find_data_file, make_loader, read_train_csv, stratified_split
+from .models import build_model, count_parameters
+
+log = logging.getLogger("competition")
+
+
+@dataclass
+class RunResult:
+    """What a finished training run produced."""
+
+    run_dir: Path
+    history: list[dict[str, float]]
+    best_val_acc: Optional[float]
+    best_epoch: int
+
+
+def select_device(choice: str = "auto") -> str:
+    """'gpu' when Paddle has CUDA and sees a device (or it was asked for), else 'cpu'."""
+    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    device = ("gpu" if has_gpu else "cpu") if choice == "auto" else choice
+    paddle.set_device(device)
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed random, numpy and paddle from the configuration."""
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def load_training_data(config: Config) -> tuple[ImageTable, np.ndarray, np.ndarray]:
+    """The training table and its seeded, stratified (train, validation) indices."""
+    path = Path(config.train) if config.train else find_data_file(TRAIN_FILE, config.data_dir)
+    table = read_train_csv(path)
+    if config.rows:
+        table = table.head(config.rows)
+    train_idx, val_idx = stratified_split(table.labels, config.val_size, config.seed)
+    return table, train_idx, val_idx
+
+
+def build_optimizer(config: Config, model: nn.Layer) -> paddle.optimizer.Optimizer:
+    """The optimizer named by the configuration."""
+    return paddle.optimizer.Adam(learning_rate=config.lr, parameters=model.parameters())
+
+
+def model_summary(model: nn.Layer) -> str:
+    """paddle.summary's layer table, captured instead of printed."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        paddle.summary(model, (1, 1, 28, 28))
+    return buffer.getvalue().rstrip()
+
+
+def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: paddle.optimizer.Optimizer,
+                    max_steps: Optional[int] = None, desc: str = "train") -> dict[str, float]:
+    """One pass over the training batches; returns mean loss, accuracy and steps taken."""
+    model.train()
+    metric = paddle.metric.Accuracy()
+    total_loss, seen = 0.0, 0
+    steps = min(len(loader), max_steps or len(loader))
+    # disable=None: a bar on a terminal, nothing when output goes to a file.
+    bar = tqdm(total=steps, desc=desc, unit="batch", leave=False, disable=None)
+    done = 0
+    for x, y in loader:
+        if done == steps:
+            break
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        metric.update(metric.compute(logits, y.unsqueeze(1)))
+        total_loss += float(loss) * len(y)
+        seen += len(y)
+        done += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+    bar.close()
+    return {"loss": total_loss / seen, "acc": float(metric.accumulate()), "steps": float(done)}
+
+
+@paddle.no_grad()
+def evaluate(model: nn.Layer, loader: paddle.io.DataLoader) -> dict[str, float]:
+    """Mean loss and accuracy over a labeled loader, in eval mode without gradients."""
+    model.eval()
+    metric = paddle.metric.Accuracy()
+    total_loss, seen = 0.0, 0
+    for x, y in loader:
+        logits = model(x)
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        metric.update(metric.compute(logits, y.unsqueeze(1)))
+        seen += len(y)
+    return {"loss": total_loss / max(seen, 1), "acc": float(metric.accumulate())}
+
+
+def fit(config: Config) -> RunResult:
+    """Train a model as configured; the run folder holds everything predict needs."""
+    config.validate()
+    device = select_device(config.device)
+    seed_everything(config.seed)
+    model = build_model(config.model)  # before loading data: an unknown name fails fast
+    table, train_idx, val_idx = load_training_data(config)
+    run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
+    checkpoint.save_config(run_dir, config)
+    with _log_to(run_dir / "train.log"):
+        log.info("device: %s (Paddle %s); run folder: %s", device, paddle.__version__, run_dir)
+        log.info("data: %s, %d training rows, %d validation rows", table.path, len(train_idx), len(val_idx))
+        log.info("model %s, %d parameters\n%s", config.model, count_parameters(model), model_summary(model))
+        return _epochs(config, model, table, train_idx, val_idx, run_dir)
+
+
+def _epochs(config: Config, model: nn.Layer, table: ImageTable, train_idx: np.ndarray,
+            val_idx: np.ndarray, run_dir: Path) -> RunResult:
+    optimizer = build_optimizer(config, model)
+    train_loader = make_loader(FashionMNIST(table.images[train_idx], table.labels[train_idx]),
+                               config.batch_size, shuffle=True)
+    val_loader = make_loader(FashionMNIST(table.images[val_idx], table.labels[val_idx]),
+                             max(config.batch_size, 1000), shuffle=False) if len(val_idx) else None
+    history: list[dict[str, float]] = []
+    best_acc, best_epoch = -1.0, 0
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        # Mixing the seed into the sampler's epoch makes the shuffle follow --seed.
+        train_loader.dataset.set_epoch(config.seed * 100_003 + epoch)
+        train = train_one_epoch(model, train_loader, optimizer, config.max_steps, f"epoch {epoch}")
+        val = evaluate(model, val_loader) if val_loader else {"loss": math.nan, "acc": math.nan}
+        history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
+                        "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.get_lr(),
+                        "seconds": time.perf_counter() - started})
+        checkpoint.write_summary(run_dir, history)
+        # Without a validation split the last epoch is the one to keep.
+        if val_loader is None or val["acc"] > best_acc:
+            best_acc, best_epoch = val["acc"], epoch
+            checkpoint.save_checkpoint(run_dir, model, optimizer)
+        log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f lr %.2g %.1fs",
+                 epoch, config.epochs, train["loss"], train["acc"], val["loss"], val["acc"],
+                 history[-1]["lr"], history[-1]["seconds"])
+    return RunResult(run_dir, history, None if val_loader is None else best_acc, best_epoch)
+
+
+@contextlib.contextmanager
+def _log_to(path: Path):
+    """Also write the package's log records to a file in the run folder."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()

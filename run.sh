@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One command for a contest participant:
+#   bash run.sh [train options]   set up .venv, train, predict -> submissions/submission.csv
+#   bash run.sh test [pytest args] run the test suite in the same environment
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+VENV=.venv
+PY="$VENV/bin/python"
+# Paddle's own index for 3.x GPU wheels (PyPI's paddlepaddle-gpu stops at 2.6);
+# override for another CUDA version, e.g. .../stable/cu118/.
+PADDLE_GPU_INDEX="${PADDLE_GPU_INDEX:-https://www.paddlepaddle.org.cn/packages/stable/cu126/}"
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+has_nvidia_gpu() {
+    command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '
+}
+
+setup_env() {
+    local extra=cpu pipargs=()
+    if has_nvidia_gpu; then
+        extra=gpu
+        pipargs=(--extra-index-url "$PADDLE_GPU_INDEX")
+    fi
+    # The stamp records what was installed; a second run with the same
+    # setup.cfg and device kind reuses the environment without touching pip.
+    local stamp="$VENV/.installed-$extra-$(cksum < setup.cfg | cut -d' ' -f1)"
+    [ -f "$stamp" ] && return 0
+    local python="${PYTHON:-python3}"
+    command -v "$python" >/dev/null 2>&1 || die "needs Python 3 ($python not found on PATH)."
+    if [ ! -x "$PY" ]; then
+        echo "run.sh: creating $VENV with $("$python" --version 2>&1)" >&2
+        "$python" -m venv "$VENV" || die "could not create $VENV (on Debian/Ubuntu: apt-get install python3-venv)."
+    fi
+    echo "run.sh: installing the package with extras [$extra,dev] (once)" >&2
+    "$PY" -m pip install --quiet --upgrade pip setuptools wheel >&2 \
+        || die "could not upgrade pip in $VENV (is the package index reachable?)."
+    "$PY" -m pip install --quiet "${pipargs[@]}" -e ".[$extra,dev]" >&2 \
+        || die "installing the package with [$extra,dev] failed (see pip's output above)."
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+}
+
+setup_env
+case "${1:-}" in
+    -h|--help) exec "$PY" -m competition train --help ;;
+esac
+if [ "${1:-}" = "test" ]; then
+    shift
+    exec "$PY" -m pytest "$@"
+fi
+# No options: the whole contest path. With options: they go to training, then predict.
+"$PY" -m competition train "$@"
+exec "$PY" -m competition predict

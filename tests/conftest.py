@@ -1,0 +1,84 @@
+"""Small CSVs written in tmp_path, and a tiny trained run shared by the CLI tests."""
+from __future__ import annotations
+
+import gzip as gzip_module
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from competition.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "fashion-mnist"
+
+
+def pixel_names(start: int = 1) -> list[str]:
+    return [f"pixel{i}" for i in range(start, start + 784)]
+
+
+def random_images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 784), dtype=np.int64)
+
+
+def write_csv(path: Path, images: np.ndarray, labels: Optional[np.ndarray] = None,
+              ids: Optional[list] = None, id_name: str = "id", pixel_start: int = 1,
+              bom: bool = False, crlf: bool = False, gzip: bool = False,
+              columns: Optional[list[str]] = None) -> Path:
+    """Write a contest-style CSV; `columns` reorders the columns."""
+    frame = pd.DataFrame(images, columns=pixel_names(pixel_start))
+    if labels is not None:
+        frame.insert(0, "label", labels)
+    if ids is not None:
+        frame.insert(0, id_name, ids)
+    if columns is not None:
+        frame = frame[columns]
+    text = frame.to_csv(index=False, lineterminator="\r\n" if crlf else "\n")
+    data = (b"\xef\xbb\xbf" if bom else b"") + text.encode()
+    path.write_bytes(gzip_module.compress(data) if gzip else data)
+    return path
+
+
+@pytest.fixture
+def train_csv(tmp_path: Path) -> Path:
+    """A 50-row training CSV with every class."""
+    labels = np.arange(50) % 10
+    return write_csv(tmp_path / "train.csv", random_images(50), labels)
+
+
+@pytest.fixture
+def test_csv(tmp_path: Path) -> Path:
+    """A 20-row test CSV with ids 100…119."""
+    return write_csv(tmp_path / "test.csv", random_images(20, seed=1), ids=list(range(100, 120)))
+
+
+def _shared_rows(name: str, nrows: int) -> pd.DataFrame:
+    path = SHARED / f"{name}.gz"
+    if not path.exists():
+        pytest.skip(f"{path} is not available")
+    return pd.read_csv(path, nrows=nrows)
+
+
+@pytest.fixture(scope="session")
+def real_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """400 real training rows, 100 real test rows and a labeled copy of 100 training rows."""
+    folder = tmp_path_factory.mktemp("real")
+    train = _shared_rows("fashion-mnist_train.csv", 500)
+    train.iloc[:400].to_csv(folder / "train.csv", index=False)
+    train.iloc[400:].to_csv(folder / "labeled_test.csv", index=False)
+    _shared_rows("fashion-mnist_test_data.csv", 100).to_csv(folder / "test.csv", index=False)
+    return {"dir": folder, "train": folder / "train.csv", "test": folder / "test.csv",
+            "labeled_test": folder / "labeled_test.csv"}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(real_data: dict[str, Path]) -> Path:
+    """A run trained for one short epoch on real rows."""
+    runs = real_data["dir"] / "runs"
+    code = main(["train", "--train", str(real_data["train"]), "--model", "conv", "--epochs", "2",
+                 "--val-size", "100", "--runs-dir", str(runs)])
+    assert code == 0
+    (run_dir,) = runs.iterdir()
+    return run_dir

@@ -1,0 +1,85 @@
+"""run.sh: set-up once, option passing, test passthrough, failures — with a recording fake Python."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+echo "$*" >> "$(dirname "$0")/../../calls.log"
+if [ "$*" = "${FAKE_FAIL:-}" ]; then echo "fake failure" >&2; exit 3; fi
+"""
+
+
+def _executable(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A copy of run.sh and setup.cfg whose .venv/bin/python only records its arguments."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("run.sh", "setup.cfg"):
+        shutil.copy(REPO / name, root / name)
+    _executable(root / ".venv" / "bin" / "python", FAKE_PYTHON)
+    return root
+
+
+def run_sh(repo: Path, *args: str, gpu: bool = False, **env: str) -> subprocess.CompletedProcess:
+    bin_dir = repo.parent / "bin"
+    if gpu:
+        _executable(bin_dir / "nvidia-smi", "#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)'\n")
+    # A PATH without the machine's own nvidia-smi, so the CPU branch is what we ask for.
+    path = f"{bin_dir}:/usr/bin:/bin"
+    return subprocess.run(["bash", str(repo / "run.sh"), *args], capture_output=True, text=True,
+                          env={**os.environ, "PATH": path, **env}, timeout=60)
+
+
+def calls(repo: Path) -> list[str]:
+    return (repo / "calls.log").read_text().splitlines()
+
+
+def test_installs_cpu_extra_once_then_reuses_the_environment(repo: Path) -> None:
+    assert run_sh(repo, "--epochs", "1").returncode == 0
+    installs = [c for c in calls(repo) if "pip install" in c]
+    assert any(c.endswith("-e .[cpu,dev]") for c in installs), installs
+    (repo / "calls.log").unlink()
+    assert run_sh(repo, "--epochs", "1").returncode == 0
+    assert not any("pip" in c for c in calls(repo))
+
+
+def test_gpu_machine_installs_the_gpu_extra_from_paddles_index(repo: Path) -> None:
+    assert run_sh(repo, gpu=True).returncode == 0
+    install = next(c for c in calls(repo) if "-e ." in c)
+    assert install.endswith("-e .[gpu,dev]") and "--extra-index-url" in install
+
+
+def test_options_go_to_training_then_predict_runs(repo: Path) -> None:
+    assert run_sh(repo, "--model", "fc", "--epochs", "5").returncode == 0
+    assert calls(repo)[-2:] == ["-m competition train --model fc --epochs 5", "-m competition predict"]
+
+
+def test_test_subcommand_passes_pytest_arguments(repo: Path) -> None:
+    assert run_sh(repo, "test", "-k", "data", "-q").returncode == 0
+    assert calls(repo)[-1] == "-m pytest -k data -q"
+
+
+def test_failed_training_stops_before_predict_and_exits_nonzero(repo: Path) -> None:
+    result = run_sh(repo, "--epochs", "0", FAKE_FAIL="-m competition train --epochs 0")
+    assert result.returncode == 3 and "fake failure" in result.stderr
+    assert "-m competition predict" not in calls(repo)
+
+
+def test_missing_python_is_reported_on_stderr(repo: Path) -> None:
+    shutil.rmtree(repo / ".venv")
+    result = run_sh(repo, PYTHON="no-such-python3")
+    assert result.returncode != 0 and "needs Python 3 (no-such-python3 not found" in result.stderr

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
+import pickle
+import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
+import numpy as np
 import pandas as pd
 import paddle
 from paddle import nn
@@ -19,6 +23,7 @@ from .models import build_model
 
 SUMMARY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 CHECKPOINT = "best"  # best.pdparams + best.pdopt
+LAST = "last.ckpt"  # everything needed to resume after the last finished epoch
 
 
 @contextlib.contextmanager
@@ -75,6 +80,68 @@ def write_summary(run_dir: Path, history: list[dict[str, float]]) -> None:
     """Rewrite summary.csv, one row per finished epoch."""
     with atomic_path(run_dir / "summary.csv") as tmp:
         pd.DataFrame(history, columns=SUMMARY_COLUMNS).to_csv(tmp, index=False)
+
+
+def save_state(run_dir: Path, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
+               progress: dict[str, Any]) -> None:
+    """Write last.ckpt in one atomic rename: weights, optimizer (and its LR schedule),
+    the training progress and every random-generator state."""
+    state = {"model": _to_bytes(model.state_dict()), "optimizer": _to_bytes(optimizer.state_dict()),
+             "progress": progress, "random": random.getstate(), "numpy": np.random.get_state(),
+             "paddle": paddle.get_rng_state()}
+    with atomic_path(run_dir / LAST) as tmp:
+        tmp.write_bytes(pickle.dumps(state))
+
+
+def load_state(run_dir: Path, model: nn.Layer, optimizer: paddle.optimizer.Optimizer) -> dict[str, Any]:
+    """Restore what save_state wrote; returns the training progress."""
+    path = Path(run_dir) / LAST
+    try:
+        state = pickle.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise CompetitionError(f"{run_dir}: has no {LAST} to resume from; is it a run folder?") from None
+    except (OSError, pickle.UnpicklingError, EOFError) as exc:
+        raise CompetitionError(f"{path}: cannot be read ({exc}); the run cannot be resumed.") from None
+    for layer, blob in ((model, state["model"]), (optimizer, state["optimizer"])):
+        if blob:
+            layer.set_state_dict(paddle.load(io.BytesIO(blob)))
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    paddle.set_rng_state(state["paddle"])
+    return state["progress"]
+
+
+def _to_bytes(state_dict: dict) -> bytes:
+    # paddle.save cannot hold Python's RNG tuples, so each state dict is
+    # serialized on its own and the whole checkpoint is one pickle. Adam has
+    # no state before its first step (paddle.save warns on an empty dict).
+    if not state_dict:
+        return b""
+    buffer = io.BytesIO()
+    paddle.save(state_dict, buffer)
+    return buffer.getvalue()
+
+
+def append_step_losses(run_dir: Path, epoch: int, losses: list[float]) -> None:
+    """Add one epoch's per-batch training losses to steps.csv (epoch,step,loss)."""
+    path = run_dir / "steps.csv"
+    started = path.exists() and path.stat().st_size > 0
+    done = sum(1 for _ in path.open()) - 1 if started else 0
+    rows = "".join(f"{epoch},{done + i + 1},{loss:.6g}\n" for i, loss in enumerate(losses))
+    try:
+        with path.open("a") as handle:
+            handle.write(("" if started else "epoch,step,loss\n") + rows)
+    except OSError as exc:
+        raise CompetitionError(f"{path}: could not be written ({exc.strerror}).") from None
+
+
+def trim_step_losses(run_dir: Path, last_epoch: int) -> None:
+    """Drop per-step losses of epochs after `last_epoch` (an epoch that is redone on resume)."""
+    path = run_dir / "steps.csv"
+    if path.exists():
+        steps = pd.read_csv(path)
+        with atomic_path(path) as tmp:
+            steps[steps["epoch"] <= last_epoch].to_csv(tmp, index=False)
 
 
 def read_summary(run_dir: Path) -> pd.DataFrame:

@@ -1,4 +1,7 @@
-"""Command line: `competition train|predict|evaluate`; the only module that prints and exits."""
+"""Command line: `competition train|predict|evaluate|check|score|report|show|compare`.
+
+The only module that prints, reads sys.argv and chooses exit codes.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +10,15 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import checkpoint
+import pandas as pd
+
+from . import checkpoint, report, submission
 from .config import Config
+from .data import TRAIN_FILE, find_data_file, read_train_csv
 from .errors import CompetitionError
 from .models import MODELS
 from .predict import accuracy_on, load_test_table, predict_run
-from .train import fit
+from .train import fit, resume
 
 DEFAULT_OUT = "submissions/submission.csv"
 
@@ -37,20 +43,24 @@ def _val_size(text: str) -> float:
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     d = Config()
-    p = sub.add_parser("train", help="train a model; writes runs/<timestamp>-<model>/")
+    # Defaults live in Config; options not given stay absent, so --resume can tell them apart.
+    p = sub.add_parser("train", help="train a model; writes runs/<timestamp>-<model>/",
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run in its folder "
+                   "(only --epochs may change)")
     p.add_argument("--train", metavar="FILE", help="training CSV (default: found in the data dirs)")
-    p.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)} (default {d.model})")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-    p.add_argument("--val-size", type=_val_size, default=d.val_size, metavar="N|FRACTION",
+    p.add_argument("--model", help=f"one of {', '.join(MODELS)} (default {d.model})")
+    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
+    p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    p.add_argument("--val-size", type=_val_size, metavar="N|FRACTION",
                    help=f"validation rows held out, or a fraction; 0 trains on all rows (default {d.val_size})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--rows", type=int, metavar="N", help="use only the first N training rows (smoke runs)")
     p.add_argument("--max-steps", type=int, metavar="N", help="end each epoch after N batches (smoke runs)")
     p.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
-    p.add_argument("--runs-dir", default=d.runs_dir, metavar="DIR", help=f"default {d.runs_dir}/")
-    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "gpu"), help="default auto")
+    p.add_argument("--runs-dir", metavar="DIR", help=f"default {d.runs_dir}/")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="default auto")
     p.set_defaults(func=cmd_train)
 
 
@@ -69,25 +79,69 @@ def _predict_parsers(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 
+def _submission_parsers(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("check", help="check a submission file against the test file's ids")
+    c.add_argument("file", metavar="FILE", help="submission CSV")
+    c.add_argument("--test", metavar="FILE", help="test CSV (default: found in the data dirs)")
+    c.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
+    c.set_defaults(func=cmd_check)
+    s = sub.add_parser("score", help="accuracy of a submission against a labeled answers file")
+    s.add_argument("file", metavar="FILE", help="submission CSV")
+    s.add_argument("--answers", metavar="FILE", required=True,
+                   help="labeled test CSV (with pixels) or an id,label CSV")
+    s.set_defaults(func=cmd_score)
+
+
+def _report_parsers(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("report", help="(re)write a run's pictures and report.md without training")
+    r.add_argument("run", metavar="RUN", nargs="?", help="run folder (default: the newest in --runs-dir)")
+    r.add_argument("--runs-dir", default="runs", metavar="DIR", help="default runs/")
+    r.set_defaults(func=cmd_report)
+    s = sub.add_parser("show", help="pictures of the data: `competition show data`")
+    s.add_argument("what", choices=("data",), help="what to show")
+    s.add_argument("--split", choices=("train", "test"), default="train", help="default train")
+    s.add_argument("--n", type=int, default=100, help="number of images (default 100: a 10x10 grid)")
+    s.add_argument("--out", metavar="FILE", help="PNG to write (default runs/<split>-sample.png)")
+    s.add_argument("--file", metavar="FILE", help="CSV to show (default: the contest file of --split)")
+    s.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
+    s.set_defaults(func=cmd_show)
+    c = sub.add_parser("compare", help="overlay validation accuracy curves of several runs")
+    c.add_argument("runs", metavar="RUN", nargs="+", help="run folders")
+    c.add_argument("--out", metavar="FILE", default="runs/compare.png", help="default runs/compare.png")
+    c.set_defaults(func=cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `competition` argument parser."""
     parser = _Parser(prog="competition", description="PaddlePaddle Fashion-MNIST contest pipeline.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
     _predict_parsers(sub)
+    _submission_parsers(sub)
+    _report_parsers(sub)
     return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train and report the best validation accuracy and the run folder."""
-    fields = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    config = Config(**fields, extra={"argv": sys.argv[1:]})
-    result = fit(config)
+    """Train (or resume) and report the best validation accuracy and the run folder."""
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    run = given.pop("resume", None)
+    if run is None:
+        result = fit(Config(**given, extra={"argv": sys.argv[1:]}))
+    else:
+        fixed = sorted(set(given) - {"epochs"})
+        if fixed:
+            names = ", ".join("--" + name.replace("_", "-") for name in fixed)
+            raise CompetitionError(f"--resume continues {run} with its saved configuration; "
+                                   f"drop {names} (only --epochs may change).")
+        result = resume(Path(run), given.get("epochs"))
+    report.write_report(result.run_dir)
     if result.best_val_acc is None:
         print(f"trained on every row (no validation split); run folder: {result.run_dir}")
     else:
+        print(report.format_per_class(pd.read_csv(result.run_dir / "per_class.csv")))
         print(f"best validation accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch}); "
-              f"run folder: {result.run_dir}")
+              f"run folder: {result.run_dir} (see report.md there)")
     return 0
 
 
@@ -126,6 +180,55 @@ def _setup_logging() -> None:
     log.propagate = False
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Say whether a submission file would be accepted, and what is wrong if not."""
+    table = load_test_table(args.test, args.data_dir)
+    found = submission.check_file(Path(args.file), table)
+    if not found:
+        print(f"{args.file}: a valid submission for {table.path} ({len(table)} rows, "
+              f"header {table.id_column},label)")
+        return 0
+    print(f"{args.file}: not a valid submission for {table.path}:", file=sys.stderr)
+    for problem in found:
+        print(f"  - {problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Print a submission's accuracy against the answers."""
+    accuracy, rows = submission.score(Path(args.file), Path(args.answers))
+    print(f"{args.file}: accuracy {accuracy:.4f} on {rows} rows of {args.answers}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Regenerate a run's report from its folder."""
+    run_dir = _run_dir(args)
+    for path in report.write_report(run_dir):
+        print(path)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Write a grid of sample images with class names (train) or ids (test)."""
+    if args.split == "train":
+        path = Path(args.file) if args.file else find_data_file(TRAIN_FILE, args.data_dir)
+        table = read_train_csv(path)
+    else:
+        table = load_test_table(args.file, args.data_dir)
+    out = Path(args.out or f"runs/{args.split}-sample.png")
+    print(report.show_data(table, args.n, out))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Overlay several runs' validation curves and print their best epochs."""
+    table = report.compare_runs([Path(run) for run in args.runs], Path(args.out))
+    print(table.to_string(index=False))
+    print(f"curves: {args.out}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -134,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.func(args)
     except CompetitionError as exc:
         print(f"competition {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"competition {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -78,6 +78,11 @@ def read_test_csv(path: Path) -> ImageTable:
     return _read_csv(Path(path), need_label=False, want_ids=True)
 
 
+def read_columns(path: Path) -> list[str]:
+    """The header of a CSV file, plain or gzip."""
+    return _read_header(Path(path), _compression(Path(path)))
+
+
 def _read_csv(path: Path, need_label: bool, want_ids: bool) -> ImageTable:
     compression = _compression(path)
     columns = _read_header(path, compression)

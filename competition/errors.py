@@ -3,3 +3,9 @@
 
 class CompetitionError(Exception):
     """Bad input or an impossible request; the CLI prints the message and exits non-zero."""
+
+
+class TrainingInterrupted(CompetitionError):
+    """Training stopped by SIGINT/SIGTERM after its last finished epoch was saved."""
+
+    exit_code = 130

@@ -13,7 +13,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from . import checkpoint
+from . import checkpoint, submission
 from .data import TEST_FILE, FashionMNIST, ImageTable, find_data_file, make_loader, read_test_csv
 from .errors import CompetitionError
 from .models import N_CLASSES
@@ -66,11 +66,11 @@ def predict_run(run_dir: Path, table: ImageTable, out: Path) -> Submission:
 
 def submission_frame(table: ImageTable, labels: np.ndarray) -> pd.DataFrame:
     """`<id column>,label` in test order, checked before anything is written."""
-    labels = np.asarray(labels)
-    if len(labels) != len(table) or labels.min(initial=0) < 0 or labels.max(initial=0) >= N_CLASSES:
-        raise CompetitionError(f"internal error: {len(labels)} predictions for {len(table)} test rows "
-                               "or labels outside 0-9; nothing was written.")
-    return pd.DataFrame({table.id_column: table.ids, "label": labels.astype(np.int64)})
+    frame = pd.DataFrame({table.id_column: table.ids, "label": np.asarray(labels).astype(np.int64)})
+    found = submission.problems(frame, table.ids, table.id_column)
+    if found:
+        raise CompetitionError(f"refusing to write a submission for {table.path}: {'; '.join(found)}.")
+    return frame
 
 
 def write_submission(frame: pd.DataFrame, out: Path) -> None:

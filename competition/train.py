@@ -6,6 +6,8 @@ import io
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .config import Config
+from .errors import CompetitionError, TrainingInterrupted
 from .data import TRAIN_FILE, FashionMNIST, ImageTable, find_data_file, make_loader, read_train_csv, stratified_split
 from .models import build_model, count_parameters
 
@@ -74,8 +77,12 @@ def model_summary(model: nn.Layer) -> str:
 
 
 def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: paddle.optimizer.Optimizer,
-                    max_steps: Optional[int] = None, desc: str = "train") -> dict[str, float]:
-    """One pass over the training batches; returns mean loss, accuracy and steps taken."""
+                    max_steps: Optional[int] = None, desc: str = "train",
+                    step_losses: Optional[list[float]] = None) -> dict[str, float]:
+    """One pass over the training batches; returns mean loss, accuracy and steps taken.
+
+    Each batch's loss is appended to `step_losses` when one is given.
+    """
     model.train()
     metric = paddle.metric.Accuracy()
     total_loss, seen = 0.0, 0
@@ -92,7 +99,10 @@ def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: pa
         optimizer.step()
         optimizer.clear_grad()
         metric.update(metric.compute(logits, y.unsqueeze(1)))
-        total_loss += float(loss) * len(y)
+        batch_loss = float(loss)
+        if step_losses is not None:
+            step_losses.append(batch_loss)
+        total_loss += batch_loss * len(y)
         seen += len(y)
         done += 1
         bar.update(1)
@@ -120,44 +130,111 @@ def fit(config: Config) -> RunResult:
     config.validate()
     device = select_device(config.device)
     seed_everything(config.seed)
-    model = build_model(config.model)  # before loading data: an unknown name fails fast
-    table, train_idx, val_idx = load_training_data(config)
-    run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
-    checkpoint.save_config(run_dir, config)
-    with _log_to(run_dir / "train.log"):
-        log.info("device: %s (Paddle %s); run folder: %s", device, paddle.__version__, run_dir)
+    with _stable_names():
+        model = build_model(config.model)  # before loading data: an unknown name fails fast
+        data = load_training_data(config)
+        run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
+        checkpoint.save_config(run_dir, config)
+        return _train(config, run_dir, device, model, data, resuming=False)
+
+
+def resume(run_dir: Path, epochs: Optional[int] = None) -> RunResult:
+    """Continue an interrupted run in its own folder from its last finished epoch."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise CompetitionError(f"{run_dir}: not a run folder (no config.json); nothing to resume.")
+    config = checkpoint.Config.load(run_dir / "config.json")
+    if epochs is not None:
+        config.epochs = epochs
+    config.validate()
+    device = select_device(config.device)
+    with _stable_names():
+        model = build_model(config.model)
+        data = load_training_data(config)
+        checkpoint.save_config(run_dir, config)
+        return _train(config, run_dir, device, model, data, resuming=True)
+
+
+def _stable_names():
+    """Fresh parameter/accumulator names (linear_0.w_0_moment1_0…) for this run.
+
+    The optimizer's state is keyed by names from a process-wide counter, so a
+    resumed process would look for other keys without a fresh namespace.
+    """
+    return paddle.utils.unique_name.guard()
+
+
+def _train(config: Config, run_dir: Path, device: str, model: nn.Layer,
+           data: tuple[ImageTable, np.ndarray, np.ndarray], resuming: bool) -> RunResult:
+    table, train_idx, val_idx = data
+    optimizer = build_optimizer(config, model)
+    if resuming:
+        progress = checkpoint.load_state(run_dir, model, optimizer)
+        checkpoint.trim_step_losses(run_dir, progress["epoch"])
+    else:
+        progress = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "history": []}
+        checkpoint.save_state(run_dir, model, optimizer, progress)  # an interrupted epoch 1 can resume
+    with _log_to(run_dir / "train.log"), _signals_interrupt():
+        log.info("%s on %s (Paddle %s); run folder: %s", "resuming after epoch %d" % progress["epoch"]
+                 if resuming else "training", device, paddle.__version__, run_dir)
         log.info("data: %s, %d training rows, %d validation rows", table.path, len(train_idx), len(val_idx))
         log.info("model %s, %d parameters\n%s", config.model, count_parameters(model), model_summary(model))
-        return _epochs(config, model, table, train_idx, val_idx, run_dir)
+        try:
+            _epochs(config, model, optimizer, table, train_idx, val_idx, run_dir, progress)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"interrupted during epoch {progress['epoch'] + 1}; epochs 1-{progress['epoch']} are saved "
+                f"in {run_dir}; continue with: competition train --resume {run_dir}") from None
+    has_val = len(val_idx) > 0
+    return RunResult(run_dir, progress["history"], progress["best_acc"] if has_val else None,
+                     progress["best_epoch"])
 
 
-def _epochs(config: Config, model: nn.Layer, table: ImageTable, train_idx: np.ndarray,
-            val_idx: np.ndarray, run_dir: Path) -> RunResult:
-    optimizer = build_optimizer(config, model)
+def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer, table: ImageTable,
+            train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path, progress: dict) -> None:
     train_loader = make_loader(FashionMNIST(table.images[train_idx], table.labels[train_idx]),
                                config.batch_size, shuffle=True)
     val_loader = make_loader(FashionMNIST(table.images[val_idx], table.labels[val_idx]),
                              max(config.batch_size, 1000), shuffle=False) if len(val_idx) else None
-    history: list[dict[str, float]] = []
-    best_acc, best_epoch = -1.0, 0
-    for epoch in range(1, config.epochs + 1):
+    history = progress["history"]
+    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.perf_counter()
         # Mixing the seed into the sampler's epoch makes the shuffle follow --seed.
         train_loader.dataset.set_epoch(config.seed * 100_003 + epoch)
-        train = train_one_epoch(model, train_loader, optimizer, config.max_steps, f"epoch {epoch}")
+        losses: list[float] = []
+        train = train_one_epoch(model, train_loader, optimizer, config.max_steps, f"epoch {epoch}", losses)
         val = evaluate(model, val_loader) if val_loader else {"loss": math.nan, "acc": math.nan}
         history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
                         "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.get_lr(),
                         "seconds": time.perf_counter() - started})
-        checkpoint.write_summary(run_dir, history)
         # Without a validation split the last epoch is the one to keep.
-        if val_loader is None or val["acc"] > best_acc:
-            best_acc, best_epoch = val["acc"], epoch
+        if val_loader is None or val["acc"] > progress["best_acc"]:
+            progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
             checkpoint.save_checkpoint(run_dir, model, optimizer)
+        progress["epoch"] = epoch
+        checkpoint.append_step_losses(run_dir, epoch, losses)
+        checkpoint.write_summary(run_dir, history)
+        checkpoint.save_state(run_dir, model, optimizer, progress)
         log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f lr %.2g %.1fs",
                  epoch, config.epochs, train["loss"], train["acc"], val["loss"], val["acc"],
                  history[-1]["lr"], history[-1]["seconds"])
-    return RunResult(run_dir, history, None if val_loader is None else best_acc, best_epoch)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """Make SIGTERM interrupt training the way Ctrl-C (SIGINT) does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,81 @@
+"""Interrupted runs resume to exactly the metrics of an uninterrupted run."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from competition.cli import main
+from conftest import REPO
+
+EPOCHS = 8
+METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+
+
+def train_args(real_data: dict, runs: Path) -> list[str]:
+    return ["train", "--train", str(real_data["train"]), "--model", "cnn", "--epochs", str(EPOCHS),
+            "--val-size", "100", "--batch-size", "16", "--seed", "3", "--runs-dir", str(runs)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(real_data: dict, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    runs = tmp_path_factory.mktemp("whole")
+    assert main(train_args(real_data, runs)) == 0
+    (run,) = runs.iterdir()
+    return pd.read_csv(run / "summary.csv")[METRICS]
+
+
+def _epochs_done(runs: Path) -> int:
+    summaries = list(runs.glob("*/summary.csv"))
+    return len(summaries[0].read_text().splitlines()) - 1 if summaries else 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["INT", "TERM", "KILL"])
+def test_signal_after_first_epoch_then_resume_matches_uninterrupted(
+        real_data: dict, tmp_path: Path, uninterrupted: pd.DataFrame, sig: signal.Signals) -> None:
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "competition", *train_args(real_data, runs)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _epochs_done(runs) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    (run,) = runs.iterdir()
+    done = _epochs_done(runs)
+    assert 1 <= done < EPOCHS, "the run finished before the signal; make epochs longer"
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130 and "Traceback" not in err
+        assert f"continue with: competition train --resume {run}" in err
+    assert main(["train", "--resume", str(run)]) == 0
+    resumed = pd.read_csv(run / "summary.csv")[METRICS]
+    pd.testing.assert_frame_equal(resumed, uninterrupted)
+    steps = pd.read_csv(run / "steps.csv")
+    assert list(steps["step"]) == list(range(1, len(steps) + 1))  # no epoch recorded twice
+
+
+def test_resume_refuses_options_that_would_change_the_run(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--resume", str(tiny_run), "--lr", "0.5", "--model", "fc"]) == 2
+    assert "drop --lr, --model (only --epochs may change)" in capsys.readouterr().err
+
+
+def test_resume_of_a_folder_that_is_not_a_run_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a run folder (no config.json); nothing to resume." in capsys.readouterr().err
+
+
+def test_resume_can_extend_a_finished_run(real_data: dict, tmp_path: Path) -> None:
+    args = ["train", "--train", str(real_data["train"]), "--model", "fc", "--epochs", "1",
+            "--val-size", "100", "--runs-dir", str(tmp_path)]
+    assert main(args) == 0
+    (run,) = tmp_path.iterdir()
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
+    assert list(pd.read_csv(run / "summary.csv")["epoch"]) == [1, 2, 3]
+    assert '"epochs": 3' in (run / "config.json").read_text()

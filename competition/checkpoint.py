@@ -1,13 +1,11 @@
 """Run folders: configuration, per-epoch summary, checkpoints; atomic writes."""
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
 import pickle
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -19,32 +17,12 @@ from paddle import nn
 
 from .config import Config
 from .errors import CompetitionError
+from .files import atomic_path  # noqa: F401  (re-exported: predict and report write through it)
 from .models import build_model
 
 SUMMARY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 CHECKPOINT = "best"  # best.pdparams + best.pdopt
 LAST = "last.ckpt"  # everything needed to resume after the last finished epoch
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only on success."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as exc:
-        raise CompetitionError(f"{path.parent}: cannot write there ({exc.strerror}).") from None
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CompetitionError(f"{path}: could not be written ({exc.strerror}); "
-                               "the previous file, if any, is unchanged.") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def create_run_dir(runs_dir: str, model: str) -> Path:

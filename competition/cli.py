@@ -12,13 +12,13 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from . import checkpoint, report, submission
+from . import checkpoint, parallel, report, submission
 from .config import Config
 from .data import TRAIN_FILE, find_data_file, read_train_csv
-from .errors import CompetitionError
+from .errors import CompetitionError, TrainingInterrupted
 from .models import MODELS
 from .predict import accuracy_on, load_test_table, predict_run
-from .train import fit, resume
+from .train import RunResult, prepare_resume, prepare_run, run_result, select_device, train_run
 
 DEFAULT_OUT = "submissions/submission.csv"
 
@@ -61,6 +61,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
     p.add_argument("--runs-dir", metavar="DIR", help=f"default {d.runs_dir}/")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="default auto")
+    p.add_argument("--nproc", type=int, metavar="N", help="data-parallel processes; the global batch and "
+                   "learning rate stay the same (default: one per CPU core or GPU; env COMPETITION_NPROC)")
     p.set_defaults(func=cmd_train)
 
 
@@ -127,14 +129,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     run = given.pop("resume", None)
     if run is None:
-        result = fit(Config(**given, extra={"argv": sys.argv[1:]}))
+        config = Config(**given, extra={"argv": sys.argv[1:]})
+        if config.nproc is None:
+            config.nproc = parallel.default_nproc(config.batch_size)
+        run_dir, data = prepare_run(config)
+        result = _train(run_dir, config, resume=False, data=data)
     else:
         fixed = sorted(set(given) - {"epochs"})
         if fixed:
             names = ", ".join("--" + name.replace("_", "-") for name in fixed)
             raise CompetitionError(f"--resume continues {run} with its saved configuration; "
                                    f"drop {names} (only --epochs may change).")
-        result = resume(Path(run), given.get("epochs"))
+        config = prepare_resume(Path(run), given.get("epochs"))
+        result = _train(Path(run), config, resume=True)
     report.write_report(result.run_dir)
     if result.best_val_acc is None:
         print(f"trained on every row (no validation split); run folder: {result.run_dir}")
@@ -143,6 +150,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"best validation accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch}); "
               f"run folder: {result.run_dir} (see report.md there)")
     return 0
+
+
+def _train(run_dir: Path, config: Config, resume: bool, data=None) -> RunResult:
+    """Train in this process, or on config.nproc processes through Paddle's launcher."""
+    if (config.nproc or 1) == 1:
+        return train_run(run_dir, resume=resume, data=data)
+    code = parallel.launch(run_dir, config.nproc, resume, select_device(config.device))
+    if code != 0:
+        raise TrainingInterrupted(
+            f"training stopped on one of its {config.nproc} processes (exit {code}; logs in {run_dir}/logs/); "
+            f"finished epochs are saved; continue with: competition train --resume {run_dir}")
+    return run_result(run_dir)
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
@@ -168,7 +187,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
+    """Plain INFO lines from the package logger on stdout."""
     # Paddle puts its own handler on the root logger at import, so basicConfig
     # would be a no-op; the package logger gets a plain handler of its own.
     log = logging.getLogger("competition")
@@ -232,7 +252,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
-    _setup_logging()
+    setup_logging()
     try:
         return args.func(args)
     except CompetitionError as exc:

@@ -29,6 +29,9 @@ class Config:
     data_dir: Optional[str] = None
     runs_dir: str = "runs"
     device: str = "auto"  # auto | cpu | gpu
+    # Data-parallel processes; each takes batch_size / nproc rows of every batch.
+    # None: one per core (CPU) or GPU, resolved by the CLI before the run starts.
+    nproc: Optional[int] = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, e.g. the command line
 
     def validate(self) -> "Config":
@@ -43,6 +46,10 @@ class Config:
              f"--max-steps must be at least 1, got {self.max_steps}."),
             (self.optimizer in OPTIMIZERS,
              f"unknown optimizer '{self.optimizer}'; expected one of {', '.join(OPTIMIZERS)}."),
+            (self.nproc is None or self.nproc >= 1, f"--nproc must be at least 1, got {self.nproc}."),
+            (self.nproc is None or self.batch_size % self.nproc == 0,
+             f"--batch-size {self.batch_size} does not split evenly over --nproc {self.nproc}; "
+             "expected a multiple of the process count."),
             (self.device in ("auto", "cpu", "gpu"),
              f"unknown device '{self.device}'; expected auto, cpu or gpu."),
         ]

@@ -19,13 +19,14 @@ import paddle.nn.functional as F
 from paddle import nn
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, parallel
 from .config import Config
 from .errors import CompetitionError, TrainingInterrupted
 from .data import TRAIN_FILE, FashionMNIST, ImageTable, find_data_file, make_loader, read_train_csv, stratified_split
 from .models import build_model, count_parameters
 
 log = logging.getLogger("competition")
+Data = tuple[ImageTable, np.ndarray, np.ndarray]  # table, training indices, validation indices
 
 
 @dataclass
@@ -38,11 +39,22 @@ class RunResult:
     best_epoch: int
 
 
+def run_result(run_dir: Path) -> RunResult:
+    """What a finished run folder says about itself (for runs trained by other processes)."""
+    summary = checkpoint.read_summary(Path(run_dir))
+    history = summary.to_dict("records")
+    if summary["val_acc"].isna().all():
+        return RunResult(Path(run_dir), history, None, int(summary["epoch"].iloc[-1]))
+    best = summary["val_acc"].idxmax()
+    return RunResult(Path(run_dir), history, float(summary["val_acc"][best]), int(summary["epoch"][best]))
+
+
 def select_device(choice: str = "auto") -> str:
     """'gpu' when Paddle has CUDA and sees a device (or it was asked for), else 'cpu'."""
     has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
     device = ("gpu" if has_gpu else "cpu") if choice == "auto" else choice
-    paddle.set_device(device)
+    # Each rank of a multi-GPU run uses the GPU the launcher gave it.
+    paddle.set_device(f"gpu:{parallel.local_device_id()}" if device == "gpu" and parallel.is_worker() else device)
     return device
 
 
@@ -79,7 +91,7 @@ def model_summary(model: nn.Layer) -> str:
 def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: paddle.optimizer.Optimizer,
                     max_steps: Optional[int] = None, desc: str = "train",
                     step_losses: Optional[list[float]] = None) -> dict[str, float]:
-    """One pass over the training batches; returns mean loss, accuracy and steps taken.
+    """One pass over the training batches; returns mean loss, accuracy, steps and samples.
 
     Each batch's loss is appended to `step_losses` when one is given.
     """
@@ -108,7 +120,8 @@ def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: pa
         bar.update(1)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
     bar.close()
-    return {"loss": total_loss / seen, "acc": float(metric.accumulate()), "steps": float(done)}
+    return {"loss": total_loss / seen, "acc": float(metric.accumulate()), "steps": float(done),
+            "samples": float(seen)}
 
 
 @paddle.no_grad()
@@ -126,33 +139,44 @@ def evaluate(model: nn.Layer, loader: paddle.io.DataLoader) -> dict[str, float]:
 
 
 def fit(config: Config) -> RunResult:
-    """Train a model as configured; the run folder holds everything predict needs."""
+    """Train in this process: prepare the run folder, then train it."""
+    run_dir, data = prepare_run(config)
+    return train_run(run_dir, data=data)
+
+
+def prepare_run(config: Config) -> tuple[Path, Data]:
+    """Check the configuration and the data, then create the run folder with config.json.
+
+    Everything that can be refused is refused before the folder exists.
+    """
     config.validate()
+    build_model(config.model)  # an unknown name fails before the data is read
+    data = load_training_data(config)
+    run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
+    checkpoint.save_config(run_dir, config)
+    return run_dir, data
+
+
+def prepare_resume(run_dir: Path, epochs: Optional[int] = None) -> Config:
+    """An interrupted run's configuration, with a new epoch count saved when given."""
+    if not (Path(run_dir) / "config.json").is_file():
+        raise CompetitionError(f"{run_dir}: not a run folder (no config.json); nothing to resume.")
+    config = Config.load(Path(run_dir) / "config.json")
+    if epochs is not None:
+        config.epochs = epochs
+        checkpoint.save_config(Path(run_dir), config.validate())
+    return config
+
+
+def train_run(run_dir: Path, resume: bool = False, data: Optional[Data] = None) -> RunResult:
+    """Train the run folder's configuration, alone or as one rank of several processes."""
+    config = Config.load(Path(run_dir) / "config.json").validate()
+    parallel.init()
     device = select_device(config.device)
     seed_everything(config.seed)
     with _stable_names():
-        model = build_model(config.model)  # before loading data: an unknown name fails fast
-        data = load_training_data(config)
-        run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
-        checkpoint.save_config(run_dir, config)
-        return _train(config, run_dir, device, model, data, resuming=False)
-
-
-def resume(run_dir: Path, epochs: Optional[int] = None) -> RunResult:
-    """Continue an interrupted run in its own folder from its last finished epoch."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise CompetitionError(f"{run_dir}: not a run folder (no config.json); nothing to resume.")
-    config = checkpoint.Config.load(run_dir / "config.json")
-    if epochs is not None:
-        config.epochs = epochs
-    config.validate()
-    device = select_device(config.device)
-    with _stable_names():
         model = build_model(config.model)
-        data = load_training_data(config)
-        checkpoint.save_config(run_dir, config)
-        return _train(config, run_dir, device, model, data, resuming=True)
+        return _train(config, Path(run_dir), device, model, data or load_training_data(config), resume)
 
 
 def _stable_names():
@@ -164,23 +188,27 @@ def _stable_names():
     return paddle.utils.unique_name.guard()
 
 
-def _train(config: Config, run_dir: Path, device: str, model: nn.Layer,
-           data: tuple[ImageTable, np.ndarray, np.ndarray], resuming: bool) -> RunResult:
+def _train(config: Config, run_dir: Path, device: str, model: nn.Layer, data: Data,
+           resuming: bool) -> RunResult:
     table, train_idx, val_idx = data
+    rank, world = parallel.world()
     optimizer = build_optimizer(config, model)
     if resuming:
         progress = checkpoint.load_state(run_dir, model, optimizer)
-        checkpoint.trim_step_losses(run_dir, progress["epoch"])
+        if rank == 0:
+            checkpoint.trim_step_losses(run_dir, progress["epoch"])
     else:
         progress = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "history": []}
-        checkpoint.save_state(run_dir, model, optimizer, progress)  # an interrupted epoch 1 can resume
-    with _log_to(run_dir / "train.log"), _signals_interrupt():
-        log.info("%s on %s (Paddle %s); run folder: %s", "resuming after epoch %d" % progress["epoch"]
-                 if resuming else "training", device, paddle.__version__, run_dir)
+        if rank == 0:
+            checkpoint.save_state(run_dir, model, optimizer, progress)  # an interrupted epoch 1 can resume
+    with _rank_logging(run_dir, rank), _signals_interrupt():
+        log.info("%s on %s x%d (Paddle %s); run folder: %s", "resuming after epoch %d" % progress["epoch"]
+                 if resuming else "training", device, world, paddle.__version__, run_dir)
         log.info("data: %s, %d training rows, %d validation rows", table.path, len(train_idx), len(val_idx))
-        log.info("model %s, %d parameters\n%s", config.model, count_parameters(model), model_summary(model))
+        if rank == 0:
+            log.info("model %s, %d parameters\n%s", config.model, count_parameters(model), model_summary(model))
         try:
-            _epochs(config, model, optimizer, table, train_idx, val_idx, run_dir, progress)
+            _epochs(config, model, optimizer, data, run_dir, progress)
         except KeyboardInterrupt:
             raise TrainingInterrupted(
                 f"interrupted during epoch {progress['epoch'] + 1}; epochs 1-{progress['epoch']} are saved "
@@ -190,34 +218,63 @@ def _train(config: Config, run_dir: Path, device: str, model: nn.Layer,
                      progress["best_epoch"])
 
 
-def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer, table: ImageTable,
-            train_idx: np.ndarray, val_idx: np.ndarray, run_dir: Path, progress: dict) -> None:
+def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer, data: Data,
+            run_dir: Path, progress: dict) -> None:
+    table, train_idx, val_idx = data
+    rank, world = parallel.world()
+    net = paddle.DataParallel(model) if world > 1 else model  # averages gradients over ranks
+    # Each rank takes batch_size / world rows, so the global batch is --batch-size.
     train_loader = make_loader(FashionMNIST(table.images[train_idx], table.labels[train_idx]),
-                               config.batch_size, shuffle=True)
+                               config.batch_size // world, shuffle=True)
     val_loader = make_loader(FashionMNIST(table.images[val_idx], table.labels[val_idx]),
-                             max(config.batch_size, 1000), shuffle=False) if len(val_idx) else None
-    history = progress["history"]
+                             max(config.batch_size, 1000), shuffle=False) if len(val_idx) and rank == 0 else None
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.perf_counter()
         # Mixing the seed into the sampler's epoch makes the shuffle follow --seed.
         train_loader.dataset.set_epoch(config.seed * 100_003 + epoch)
         losses: list[float] = []
-        train = train_one_epoch(model, train_loader, optimizer, config.max_steps, f"epoch {epoch}", losses)
-        val = evaluate(model, val_loader) if val_loader else {"loss": math.nan, "acc": math.nan}
-        history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
-                        "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.get_lr(),
-                        "seconds": time.perf_counter() - started})
-        # Without a validation split the last epoch is the one to keep.
-        if val_loader is None or val["acc"] > progress["best_acc"]:
-            progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
-            checkpoint.save_checkpoint(run_dir, model, optimizer)
+        train = train_one_epoch(net, train_loader, optimizer, config.max_steps, f"epoch {epoch}", losses)
+        train = parallel.mean_over_ranks(train)
         progress["epoch"] = epoch
-        checkpoint.append_step_losses(run_dir, epoch, losses)
-        checkpoint.write_summary(run_dir, history)
-        checkpoint.save_state(run_dir, model, optimizer, progress)
-        log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f lr %.2g %.1fs",
-                 epoch, config.epochs, train["loss"], train["acc"], val["loss"], val["acc"],
-                 history[-1]["lr"], history[-1]["seconds"])
+        if rank == 0:
+            _record_epoch(config, model, optimizer, val_loader, run_dir, progress, train, losses, started)
+
+
+def _record_epoch(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
+                  val_loader: Optional[paddle.io.DataLoader], run_dir: Path, progress: dict,
+                  train: dict[str, float], losses: list[float], started: float) -> None:
+    """Validate, keep the best checkpoint, and save everything a resume needs (rank 0)."""
+    epoch = progress["epoch"]
+    val = evaluate(model, val_loader) if val_loader else {"loss": math.nan, "acc": math.nan}
+    history = progress["history"]
+    history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
+                    "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.get_lr(),
+                    "seconds": time.perf_counter() - started})
+    # Without a validation split the last epoch is the one to keep.
+    if val_loader is None or val["acc"] > progress["best_acc"]:
+        progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
+        checkpoint.save_checkpoint(run_dir, model, optimizer)
+    checkpoint.append_step_losses(run_dir, epoch, losses)
+    checkpoint.write_summary(run_dir, history)
+    checkpoint.save_state(run_dir, model, optimizer, progress)
+    log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f lr %.2g %.1fs",
+             epoch, config.epochs, train["loss"], train["acc"], val["loss"], val["acc"],
+             history[-1]["lr"], history[-1]["seconds"])
+
+
+@contextlib.contextmanager
+def _rank_logging(run_dir: Path, rank: int):
+    """Rank 0 logs to the console and train.log; other ranks only warn (their launcher log keeps it)."""
+    if rank == 0:
+        with _log_to(run_dir / "train.log"):
+            yield
+        return
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextlib.contextmanager

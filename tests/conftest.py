@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip as gzip_module
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -82,3 +83,6 @@ def tiny_run(real_data: dict[str, Path]) -> Path:
     assert code == 0
     (run_dir,) = runs.iterdir()
     return run_dir
+
+# Tests train in-process unless they ask for --nproc themselves.
+os.environ.setdefault("COMPETITION_NPROC", "1")

@@ -1,0 +1,77 @@
+"""Data-parallel training on several processes with Paddle's own launcher (gloo on CPU, NCCL on GPUs)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import paddle
+import paddle.distributed as dist
+
+
+WORKER = Path(__file__).with_name("worker.py")
+
+
+def available_devices() -> int:
+    """GPUs Paddle can see, else the CPU cores this process may use."""
+    if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        return paddle.device.cuda.device_count()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_nproc(batch_size: int) -> int:
+    """One process per GPU or core, as many as divide the global batch evenly.
+
+    Paddle's CPU kernels use one thread per process, so processes are how a
+    CPU machine's cores get used. COMPETITION_NPROC overrides the count.
+    """
+    wanted = int(os.environ.get("COMPETITION_NPROC", 0)) or available_devices()
+    return max(n for n in range(1, wanted + 1) if batch_size % n == 0)
+
+
+def is_worker() -> bool:
+    """True inside a process started by paddle.distributed.launch."""
+    return "PADDLE_TRAINER_ID" in os.environ
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) for a single process."""
+    return (dist.get_rank(), dist.get_world_size()) if is_worker() else (0, 1)
+
+
+def init() -> None:
+    """Join the process group (gloo on CPU, NCCL on GPUs); a no-op for one process."""
+    if is_worker() and dist.get_world_size() > 1:
+        dist.init_parallel_env()
+
+
+def launch(run_dir: Path, nproc: int, resume: bool, device: str) -> int:
+    """Run worker.py for `run_dir` on nproc processes; each rank logs to run_dir/logs/workerlog.N."""
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
+               "--log_dir", str(run_dir / "logs")]
+    if device == "gpu":
+        command += ["--devices", ",".join(str(i) for i in range(nproc))]
+    command += [str(WORKER), str(run_dir)] + (["--resume"] if resume else [])
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the workers too (same process group): let them save and stop.
+        return process.wait()
+
+
+def mean_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
+    """Sample-weighted mean of each rank's loss and accuracy (unchanged for one process)."""
+    if world()[1] == 1:
+        return metrics
+    n = metrics["samples"]
+    totals = paddle.to_tensor([metrics["loss"] * n, metrics["acc"] * n, n], dtype="float64")
+    dist.all_reduce(totals)
+    loss, correct, samples = totals.tolist()
+    return {**metrics, "loss": loss / samples, "acc": correct / samples, "samples": samples}
+
+
+def local_device_id() -> int:
+    """The GPU this rank was given by the launcher."""
+    return dist.ParallelEnv().device_id

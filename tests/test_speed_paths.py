@@ -1,0 +1,89 @@
+"""The fast paths: binary cache of parsed CSVs, and data-parallel training on 2 CPU processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from competition import data
+from conftest import REPO, random_images, write_csv
+
+
+@pytest.fixture
+def always_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setattr(data, "CACHE_MIN_BYTES", 0)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    return tmp_path / "user-cache" / "competition"
+
+
+def test_cache_is_written_beside_the_csv_and_used(tmp_path: Path, always_cache: Path) -> None:
+    path = write_csv(tmp_path / "train.csv", random_images(8), np.arange(8))
+    first = data.read_train_csv(path)
+    assert (tmp_path / "train.csv.train.npz").is_file()
+    path.write_text("not a csv any more")  # same name, new content...
+    os.utime(path, ns=(1, 1))  # ...and an old timestamp: the stamp (size, mtime) still differs
+    with pytest.raises(data.CompetitionError):
+        data.read_train_csv(path)
+    write_csv(path, random_images(8), np.arange(8))
+    np.testing.assert_array_equal(data.read_train_csv(path).images, first.images)
+
+
+def test_cache_is_rebuilt_when_the_csv_changes(tmp_path: Path, always_cache: Path) -> None:
+    path = write_csv(tmp_path / "test.csv", random_images(5), ids=[1, 2, 3, 4, 5])
+    assert list(data.read_test_csv(path).ids) == ["1", "2", "3", "4", "5"]
+    write_csv(path, random_images(6, seed=9), ids=[7, 8, 9, 10, 11, 12])
+    changed = data.read_test_csv(path)
+    assert list(changed.ids) == ["7", "8", "9", "10", "11", "12"]
+    np.testing.assert_array_equal(changed.images, random_images(6, seed=9))
+    assert list(data.read_test_csv(path).ids) == list(changed.ids)  # and cached again
+
+
+def test_read_only_data_folder_caches_in_the_user_cache(tmp_path: Path, always_cache: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = write_csv(folder / "train.csv", random_images(4), np.arange(4))
+    folder.chmod(0o555)
+    try:
+        data.read_train_csv(path)
+        assert sorted(p.name for p in folder.iterdir()) == ["train.csv"]
+        assert len(list(always_cache.glob("train.csv.*.train.npz"))) == 1
+        np.testing.assert_array_equal(data.read_train_csv(path).images, random_images(4))
+    finally:
+        folder.chmod(0o755)
+
+
+def _train_2proc(real_data: dict, runs: Path) -> subprocess.CompletedProcess:
+    args = ["train", "--train", str(real_data["train"]), "--model", "cnn", "--epochs", "2",
+            "--val-size", "100", "--batch-size", "32", "--nproc", "2", "--runs-dir", str(runs)]
+    return subprocess.run([sys.executable, "-m", "competition", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_two_processes_train_one_run_reproducibly(real_data: dict, tmp_path: Path) -> None:
+    summaries = []
+    for name in ("a", "b"):
+        result = _train_2proc(real_data, tmp_path / name)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        (run,) = (tmp_path / name).iterdir()
+        assert {"workerlog.0", "workerlog.1"} <= {p.name for p in (run / "logs").iterdir()}
+        assert "training on cpu x2" in (run / "train.log").read_text()
+        assert (run / "best.pdparams").is_file() and (run / "report.md").is_file()
+        summaries.append(pd.read_csv(run / "summary.csv")[["train_loss", "train_acc", "val_loss", "val_acc"]])
+    assert len(summaries[0]) == 2
+    pd.testing.assert_frame_equal(summaries[0], summaries[1])
+    out = tmp_path / "sub.csv"
+    predicted = subprocess.run([sys.executable, "-m", "competition", "predict", "--run", str(run), "--test",
+                                str(real_data["test"]), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert predicted.returncode == 0 and len(out.read_text().splitlines()) == 101
+
+
+def test_batch_that_does_not_split_over_processes_is_refused(train_csv: Path, tmp_path: Path) -> None:
+    from competition.cli import main
+    assert main(["train", "--train", str(train_csv), "--val-size", "10", "--batch-size", "33",
+                 "--nproc", "2", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert not (tmp_path / "runs").exists()

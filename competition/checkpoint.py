@@ -17,7 +17,7 @@ from paddle import nn
 
 from .config import Config
 from .errors import CompetitionError
-from .files import atomic_path  # noqa: F401  (re-exported: predict and report write through it)
+from .files import atomic_dir_prefix, atomic_path  # atomic_path is also used by predict and report
 from .models import build_model
 
 SUMMARY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -148,6 +148,18 @@ def load_model(run_dir: Path) -> tuple[nn.Layer, Config]:
     model.set_state_dict(paddle.load(str(params)))
     model.eval()
     return model, config
+
+
+INFERENCE = "inference"  # inference.json (.pdmodel before Paddle 3) + inference.pdiparams
+
+
+def export_inference(run_dir: Path) -> Path:
+    """Save the best checkpoint as a static graph for paddle.inference (paddle.jit.save)."""
+    model, _ = load_model(run_dir)
+    spec = [paddle.static.InputSpec([None, 1, 28, 28], "float32", "image")]
+    with atomic_dir_prefix(Path(run_dir), INFERENCE) as prefix:
+        paddle.jit.save(model, str(prefix), input_spec=spec)
+    return Path(run_dir) / INFERENCE
 
 
 def newest_run(runs_dir: str) -> Path:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -29,3 +30,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir_prefix(folder: Path, name: str) -> Iterator[Path]:
+    """Yield a temporary path prefix; files written as <prefix>.<ext> are renamed to <name>.<ext>."""
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}."))
+    try:
+        yield staging / name
+        for written in staging.iterdir():
+            os.replace(written, folder / written.name)
+    except OSError as exc:
+        raise CompetitionError(f"{folder}: could not write the {name} model ({exc.strerror}).") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

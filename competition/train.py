@@ -209,6 +209,8 @@ def _train(config: Config, run_dir: Path, device: str, model: nn.Layer, data: Da
             log.info("model %s, %d parameters\n%s", config.model, count_parameters(model), model_summary(model))
         try:
             _epochs(config, model, optimizer, data, run_dir, progress)
+            if rank == 0:
+                checkpoint.export_inference(run_dir)  # for fast prediction with paddle.inference
         except KeyboardInterrupt:
             raise TrainingInterrupted(
                 f"interrupted during epoch {progress['epoch'] + 1}; epochs 1-{progress['epoch']} are saved "

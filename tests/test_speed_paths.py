@@ -87,3 +87,14 @@ def test_batch_that_does_not_split_over_processes_is_refused(train_csv: Path, tm
     assert main(["train", "--train", str(train_csv), "--val-size", "10", "--batch-size", "33",
                  "--nproc", "2", "--runs-dir", str(tmp_path / "runs")]) == 2
     assert not (tmp_path / "runs").exists()
+
+
+def test_inference_predictor_gives_dygraphs_labels(tiny_run: Path, real_data: dict) -> None:
+    from competition import checkpoint, predict
+    assert (tiny_run / "inference.json").is_file() and (tiny_run / "inference.pdiparams").is_file()
+    images = data.read_test_csv(real_data["test"]).images
+    model, _ = checkpoint.load_model(tiny_run)
+    dygraph = predict.predict_probs(model, images)
+    served = predict.inference_probs(tiny_run, images, batch_size=32)
+    np.testing.assert_array_equal(served.argmax(1), dygraph.argmax(1))
+    np.testing.assert_allclose(served, dygraph, atol=1e-4)

@@ -156,10 +156,16 @@ INFERENCE = "inference"  # inference.json (.pdmodel before Paddle 3) + inference
 def export_inference(run_dir: Path) -> Path:
     """Save the best checkpoint as a static graph for paddle.inference (paddle.jit.save)."""
     model, _ = load_model(run_dir)
+    return save_inference(model, Path(run_dir))
+
+
+def save_inference(model: nn.Layer, folder: Path) -> Path:
+    """paddle.jit.save a model (eval mode) as folder/inference.* for any batch size."""
+    model.eval()
     spec = [paddle.static.InputSpec([None, 1, 28, 28], "float32", "image")]
-    with atomic_dir_prefix(Path(run_dir), INFERENCE) as prefix:
+    with atomic_dir_prefix(folder, INFERENCE) as prefix:
         paddle.jit.save(model, str(prefix), input_spec=spec)
-    return Path(run_dir) / INFERENCE
+    return folder / INFERENCE
 
 
 def newest_run(runs_dir: str) -> Path:

@@ -5,6 +5,7 @@ The only module that prints, reads sys.argv and chooses exit codes.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -13,10 +14,11 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from . import checkpoint, parallel, report, submission
+from .bench import BenchSettings, run_bench
 from .config import Config
 from .data import TRAIN_FILE, find_data_file, read_train_csv
 from .errors import CompetitionError, TrainingInterrupted
-from .models import MODELS
+from .models import MODELS, build_model
 from .predict import accuracy_on, load_test_table, predict_run
 from .train import RunResult, prepare_resume, prepare_run, run_result, select_device, train_run
 
@@ -113,6 +115,22 @@ def _report_parsers(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_compare)
 
 
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    d = BenchSettings()
+    b = sub.add_parser("bench", help="time training and prediction (and PyTorch, when installed)")
+    b.add_argument("--model", default=d.model, help=f"default {d.model}")
+    b.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    b.add_argument("--steps", type=int, default=d.steps, help=f"timed steps (default {d.steps})")
+    b.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed steps first (default {d.warmup})")
+    b.add_argument("--nproc", type=int, metavar="N", help="processes, as `train --nproc` (default: as train)")
+    b.add_argument("--device", default=d.device, choices=("auto", "cpu", "gpu"), help="default auto")
+    b.add_argument("--train", metavar="FILE", help="training CSV (default: found in the data dirs)")
+    b.add_argument("--test", metavar="FILE", help="test CSV for prediction timing (default: found)")
+    b.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
+    b.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    b.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `competition` argument parser."""
     parser = _Parser(prog="competition", description="PaddlePaddle Fashion-MNIST contest pipeline.")
@@ -121,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _predict_parsers(sub)
     _submission_parsers(sub)
     _report_parsers(sub)
+    _bench_parser(sub)
     return parser
 
 
@@ -156,7 +175,8 @@ def _train(run_dir: Path, config: Config, resume: bool, data=None) -> RunResult:
     """Train in this process, or on config.nproc processes through Paddle's launcher."""
     if (config.nproc or 1) == 1:
         return train_run(run_dir, resume=resume, data=data)
-    code = parallel.launch(run_dir, config.nproc, resume, select_device(config.device))
+    worker_args = ["train", str(run_dir)] + (["--resume"] if resume else [])
+    code = parallel.launch(worker_args, config.nproc, run_dir / "logs", select_device(config.device))
     if code != 0:
         raise TrainingInterrupted(
             f"training stopped on one of its {config.nproc} processes (exit {code}; logs in {run_dir}/logs/); "
@@ -184,6 +204,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run_dir = _run_dir(args)
     table = load_test_table(args.test)
     print(f"accuracy of {run_dir} on {table.path}: {accuracy_on(run_dir, table):.4f} ({len(table)} rows)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Print Paddle's (and PyTorch's) seconds per epoch and prediction time."""
+    nproc = args.nproc or parallel.default_nproc(args.batch_size)
+    Config(model=args.model, batch_size=args.batch_size, nproc=nproc).validate()
+    build_model(args.model)
+    if min(args.steps, args.warmup) < 1:
+        raise CompetitionError("--steps and --warmup must be at least 1.")
+    settings = BenchSettings(args.model, args.batch_size, args.steps, args.warmup, nproc, args.device)
+    train_path = Path(args.train) if args.train else find_data_file(TRAIN_FILE, args.data_dir)
+    test_images = load_test_table(args.test, args.data_dir).images
+    figures = run_bench(settings, train_path, test_images)
+    torch = ("PyTorch not installed (pip install -e .[bench])" if figures["torch_epoch_s"] is None else
+             f"PyTorch {figures['torch_version']}: {figures['torch_epoch_s']:.1f} s/epoch; "
+             f"Paddle/PyTorch {figures['ratio']:.2f}")
+    print(f"{args.model}, batch {args.batch_size}: Paddle {figures['paddle_version']} x{nproc} "
+          f"{figures['paddle_epoch_s']:.1f} s per 60,000-image epoch; {torch}")
+    print(f"prediction of {min(len(test_images), 10_000)} images (paddle.inference): {figures['predict_10k_s']:.3f} s")
+    if args.json:
+        print(json.dumps(figures))
     return 0
 
 

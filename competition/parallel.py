@@ -46,14 +46,13 @@ def init() -> None:
         dist.init_parallel_env()
 
 
-def launch(run_dir: Path, nproc: int, resume: bool, device: str) -> int:
-    """Run worker.py for `run_dir` on nproc processes; each rank logs to run_dir/logs/workerlog.N."""
+def launch(worker_args: list[str], nproc: int, log_dir: Path, device: str) -> int:
+    """Run `worker.py ARGS…` on nproc processes; each rank logs to log_dir/workerlog.N."""
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
-               "--log_dir", str(run_dir / "logs")]
+               "--log_dir", str(log_dir)]
     if device == "gpu":
         command += ["--devices", ",".join(str(i) for i in range(nproc))]
-    command += [str(WORKER), str(run_dir)] + (["--resume"] if resume else [])
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command + [str(WORKER), *worker_args])
     try:
         return process.wait()
     except KeyboardInterrupt:

@@ -46,10 +46,19 @@ def predict_probs(model: nn.Layer, images: np.ndarray, batch_size: int = 1000) -
 
 def inference_probs(run_dir: Path, images: np.ndarray, batch_size: int = 1000) -> Optional[np.ndarray]:
     """Softmax probabilities through paddle.inference (oneDNN on CPU); None without an export."""
-    files = _inference_files(Path(run_dir))
-    if files is None:
-        return None
-    predictor = _predictor(*files)
+    predictor = load_predictor(Path(run_dir))
+    return None if predictor is None else run_predictor(predictor, images, batch_size)
+
+
+def load_predictor(folder: Path) -> Optional[paddle.inference.Predictor]:
+    """A warmed-up paddle.inference predictor for the model exported in `folder`, if any."""
+    files = _inference_files(folder)
+    return None if files is None else _predictor(*files)
+
+
+def run_predictor(predictor: paddle.inference.Predictor, images: np.ndarray,
+                  batch_size: int = 1000) -> np.ndarray:
+    """Softmax probabilities [N, 10] of uint8 images [N, 784], in batches."""
     handle = predictor.get_input_handle(predictor.get_input_names()[0])
     output = predictor.get_output_handle(predictor.get_output_names()[0])
     dataset = FashionMNIST(images)  # the same /255 normalization as training

@@ -98,3 +98,16 @@ def test_inference_predictor_gives_dygraphs_labels(tiny_run: Path, real_data: di
     served = predict.inference_probs(tiny_run, images, batch_size=32)
     np.testing.assert_array_equal(served.argmax(1), dygraph.argmax(1))
     np.testing.assert_allclose(served, dygraph, atol=1e-4)
+
+
+def test_bench_json_line_has_the_figures(real_data: dict, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from competition.cli import main
+    code = main(["bench", "--model", "fc", "--batch-size", "32", "--steps", "2", "--warmup", "1", "--nproc", "1",
+                 "--train", str(real_data["train"]), "--test", str(real_data["test"]), "--json"])
+    assert code == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"paddle_epoch_s", "torch_epoch_s", "ratio", "predict_10k_s"} <= set(figures)
+    assert figures["paddle_epoch_s"] > 0 and figures["predict_10k_s"] > 0 and figures["nproc"] == 1
+    assert (figures["ratio"] is None) == (figures["torch_epoch_s"] is None)

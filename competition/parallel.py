@@ -48,7 +48,8 @@ def init() -> None:
 
 def launch(worker_args: list[str], nproc: int, log_dir: Path, device: str) -> int:
     """Run `worker.py ARGS…` on nproc processes; each rank logs to log_dir/workerlog.N."""
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
+    command = [sys.executable, "-W", "ignore:No ccache found", "-m", "paddle.distributed.launch", "--log_level", "WARNING",
+               "--nproc_per_node", str(nproc),
                "--log_dir", str(log_dir)]
     if device == "gpu":
         command += ["--devices", ",".join(str(i) for i in range(nproc))]

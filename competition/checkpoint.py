@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import pickle
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd

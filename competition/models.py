@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import paddle
 from paddle import nn
 
 from .errors import CompetitionError

@@ -52,6 +52,9 @@ def run_result(run_dir: Path) -> RunResult:
 def select_device(choice: str = "auto") -> str:
     """'gpu' when Paddle has CUDA and sees a device (or it was asked for), else 'cpu'."""
     has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    if choice == "gpu" and not has_gpu:
+        raise CompetitionError("--device gpu: this Paddle build has no CUDA support or sees no GPU; "
+                               "install paddlepaddle-gpu (see README) or use --device cpu.")
     device = ("gpu" if has_gpu else "cpu") if choice == "auto" else choice
     # Each rank of a multi-GPU run uses the GPU the launcher gave it.
     paddle.set_device(f"gpu:{parallel.local_device_id()}" if device == "gpu" and parallel.is_worker() else device)
@@ -65,7 +68,7 @@ def seed_everything(seed: int) -> None:
     paddle.seed(seed)
 
 
-def load_training_data(config: Config) -> tuple[ImageTable, np.ndarray, np.ndarray]:
+def load_training_data(config: Config) -> Data:
     """The training table and its seeded, stratified (train, validation) indices."""
     path = Path(config.train) if config.train else find_data_file(TRAIN_FILE, config.data_dir)
     table = read_train_csv(path)
@@ -150,6 +153,7 @@ def prepare_run(config: Config) -> tuple[Path, Data]:
     Everything that can be refused is refused before the folder exists.
     """
     config.validate()
+    select_device(config.device)  # a missing GPU fails before the folder exists
     build_model(config.model)  # an unknown name fails before the data is read
     data = load_training_data(config)
     run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)

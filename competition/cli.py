@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import checkpoint, parallel, report, submission
 from .bench import BenchSettings, run_bench
-from .config import Config
+from .config import OPTIMIZERS, PRESETS, SCHEDULES, Config, from_preset
 from .data import TRAIN_FILE, find_data_file, read_train_csv
 from .errors import CompetitionError, TrainingInterrupted
 from .models import MODELS, build_model
@@ -50,10 +50,22 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                        argument_default=argparse.SUPPRESS)
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run in its folder "
                    "(only --epochs may change)")
+    p.add_argument("--preset", help=f"start from a named recipe: {', '.join(PRESETS)}; "
+                   "explicit options override its values")
     p.add_argument("--train", metavar="FILE", help="training CSV (default: found in the data dirs)")
     p.add_argument("--model", help=f"one of {', '.join(MODELS)} (default {d.model})")
+    p.add_argument("--width", type=int, help="resnet: channels of the first stage")
+    p.add_argument("--depth", type=int, help="resnet: residual blocks per stage")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
-    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
+    p.add_argument("--lr", type=float, help=f"(peak) learning rate (default {d.lr:g})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
+    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay:g}")
+    p.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default {d.schedule})")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up (constant and cosine schedules)")
+    p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing:g}")
+    p.add_argument("--crop-pad", type=int, metavar="PIXELS", help="random crops after padding (0: off)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal mirror")
+    p.add_argument("--erase", type=float, metavar="P", help="random erasing probability (0: off)")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--val-size", type=_val_size, metavar="N|FRACTION",
                    help=f"validation rows held out, or a fraction; 0 trains on all rows (default {d.val_size})")
@@ -70,14 +82,18 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 def _predict_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="write a submission CSV for the unlabeled test file")
-    p.add_argument("--run", metavar="DIR", help="run folder (default: the newest in --runs-dir)")
+    p.add_argument("--run", metavar="DIR", action="append", help="run folder (default: the newest in "
+                   "--runs-dir); repeat it to average several runs' probabilities (an ensemble)")
+    p.add_argument("--tta", action="store_true", help="also predict mirrored images and average")
     p.add_argument("--test", metavar="FILE", help="test CSV (default: found in the data dirs)")
     p.add_argument("--out", metavar="FILE", default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     p.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="default runs/")
     p.set_defaults(func=cmd_predict)
     e = sub.add_parser("evaluate", help="accuracy of a run on a test file that has a label column")
-    e.add_argument("--run", metavar="DIR", help="run folder (default: the newest in --runs-dir)")
+    e.add_argument("--run", metavar="DIR", action="append", help="run folder (default: the newest); "
+                   "repeat it for an ensemble")
+    e.add_argument("--tta", action="store_true", help="also predict mirrored images and average")
     e.add_argument("--test", metavar="FILE", required=True, help="labeled test CSV")
     e.add_argument("--runs-dir", default="runs", metavar="DIR", help="default runs/")
     e.set_defaults(func=cmd_evaluate)
@@ -148,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     run = given.pop("resume", None)
     if run is None:
-        config = Config(**given, extra={"argv": sys.argv[1:]})
+        config = from_preset(given.pop("preset", None), **given, extra={"argv": sys.argv[1:]})
         if config.nproc is None:
             config.nproc = parallel.default_nproc(config.batch_size)
         run_dir, data = prepare_run(config)
@@ -184,26 +200,35 @@ def _train(run_dir: Path, config: Config, resume: bool, data=None) -> RunResult:
     return run_result(run_dir)
 
 
+def _run_dirs(args: argparse.Namespace) -> list[Path]:
+    return [Path(run) for run in args.run] if args.run else [checkpoint.newest_run(args.runs_dir)]
+
+
 def _run_dir(args: argparse.Namespace) -> Path:
     return Path(args.run) if args.run else checkpoint.newest_run(args.runs_dir)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Write the submission and say what it came from."""
-    run_dir = _run_dir(args)
+    run_dirs = _run_dirs(args)
     table = load_test_table(args.test, args.data_dir)
-    result = predict_run(run_dir, table, Path(args.out))
-    acc = "none (trained on every row)" if result.val_acc is None else f"{result.val_acc:.4f}"
-    print(f"run {run_dir}: validation accuracy {acc}")
+    result = predict_run(run_dirs, table, Path(args.out), tta=args.tta)
+    tta = " with mirrored test images (TTA)" if args.tta else ""
+    if len(run_dirs) > 1:
+        print(f"ensemble of {len(run_dirs)} runs{tta}: {', '.join(map(str, run_dirs))}")
+    else:
+        acc = "none (trained on every row)" if result.val_acc is None else f"{result.val_acc:.4f}"
+        print(f"run {run_dirs[0]}{tta}: validation accuracy {acc}")
     print(f"submission: {result.path} ({result.rows} rows; archived as {result.archived})")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Print a run's accuracy on a labeled test file."""
-    run_dir = _run_dir(args)
+    """Print a run's (or an ensemble's) accuracy on a labeled test file."""
+    run_dirs = _run_dirs(args)
     table = load_test_table(args.test)
-    print(f"accuracy of {run_dir} on {table.path}: {accuracy_on(run_dir, table):.4f} ({len(table)} rows)")
+    accuracy = accuracy_on(run_dirs, table, tta=args.tta)
+    print(f"accuracy of {', '.join(map(str, run_dirs))} on {table.path}: {accuracy:.4f} ({len(table)} rows)")
     return 0
 
 

@@ -24,7 +24,18 @@ class Config:
     seed: int = 0
     rows: Optional[int] = None  # use only the first N training rows (smoke runs)
     max_steps: Optional[int] = None  # end each epoch after N batches (smoke runs)
-    optimizer: str = "adam"
+    optimizer: str = "adam"  # adam | adamw | sgd (Nesterov momentum 0.9)
+    weight_decay: float = 0.0  # decoupled for adamw, L2 for adam and sgd
+    schedule: str = "constant"  # constant | cosine | onecycle, stepped every batch
+    warmup_epochs: float = 0.0  # linear warm-up before a constant or cosine schedule
+    label_smoothing: float = 0.0
+    # Augmentation of training images (never of validation or test images).
+    crop_pad: int = 0  # random crop after zero-padding each side by this many pixels
+    flip: bool = False  # random horizontal mirror (never vertical: clothes have an up)
+    erase: float = 0.0  # probability of random erasing of a rectangle
+    width: Optional[int] = None  # model options (resnet)
+    depth: Optional[int] = None
+    preset: Optional[str] = None  # the preset the other values started from
     train: Optional[str] = None  # training CSV; None: looked up in the data dirs
     data_dir: Optional[str] = None
     runs_dir: str = "runs"
@@ -44,6 +55,13 @@ class Config:
             (self.rows is None or self.rows >= 1, f"--rows must be at least 1, got {self.rows}."),
             (self.max_steps is None or self.max_steps >= 1,
              f"--max-steps must be at least 1, got {self.max_steps}."),
+            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}."),
+            (self.schedule in SCHEDULES,
+             f"unknown schedule '{self.schedule}'; expected one of {', '.join(SCHEDULES)}."),
+            (self.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}."),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}."),
+            (0 <= self.crop_pad <= 8, f"--crop-pad must be 0 to 8 pixels, got {self.crop_pad}."),
+            (0 <= self.erase <= 1, f"--erase must be a probability from 0 to 1, got {self.erase}."),
             (self.optimizer in OPTIMIZERS,
              f"unknown optimizer '{self.optimizer}'; expected one of {', '.join(OPTIMIZERS)}."),
             (self.nproc is None or self.nproc >= 1, f"--nproc must be at least 1, got {self.nproc}."),
@@ -84,4 +102,34 @@ class Config:
             raise CompetitionError(f"{path}: cannot read the run configuration ({exc}).") from None
 
 
-OPTIMIZERS = ("adam",)
+    def model_options(self) -> dict[str, int]:
+        """Keyword options for the model builder (only those that were set)."""
+        return {k: v for k, v in (("width", self.width), ("depth", self.depth)) if v is not None}
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+
+# Named recipes; explicit command-line options override their values.
+# Times are for the 2-core CPU in BENCHMARKS.md (2 processes).
+PRESETS: dict[str, dict[str, Any]] = {
+    # about 2 minutes: three epochs of the small CNN with a one-cycle schedule
+    "quick": {"model": "cnn", "epochs": 3, "batch_size": 256, "optimizer": "adam", "lr": 0.01,
+              "schedule": "onecycle", "flip": True},
+    # about 10 minutes: more epochs, crops and flips, AdamW with cosine decay
+    "default": {"model": "cnn", "epochs": 15, "batch_size": 256, "optimizer": "adamw", "lr": 0.005,
+                "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 1, "flip": True,
+                "crop_pad": 2, "label_smoothing": 0.1},
+    # the strongest recipe: a residual network with the full augmentation set
+    "best": {"model": "resnet", "width": 32, "depth": 2, "epochs": 40, "batch_size": 128,
+             "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine",
+             "warmup_epochs": 2, "flip": True, "crop_pad": 2, "erase": 0.5, "label_smoothing": 0.1},
+}
+
+
+def from_preset(preset: Optional[str], **options: Any) -> Config:
+    """A configuration from a preset (if named) with explicit options on top."""
+    if preset is not None and preset not in PRESETS:
+        raise CompetitionError(f"unknown preset '{preset}'; expected one of {', '.join(PRESETS)}.")
+    base = dict(PRESETS[preset]) if preset else {}
+    return Config(**{**base, **options, "preset": preset})

@@ -346,6 +346,55 @@ def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Random changes to training images, applied to a whole batch at once.
+
+    paddle.vision.transforms (RandomCrop with padding, RandomHorizontalFlip,
+    RandomErasing) work one image per Python call; these do the same with
+    numpy on a batch, so augmentation costs no per-sample Python.
+    """
+
+    crop_pad: int = 0
+    flip: bool = False
+    erase: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.crop_pad or self.flip or self.erase)
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augmented copy of float images [B, 1, 28, 28]; same shape, dtype and range."""
+        if self.crop_pad:
+            x = _random_crop(x, self.crop_pad, rng)
+        if self.flip:
+            mirrored = rng.random(len(x)) < 0.5
+            x[mirrored] = x[mirrored][..., ::-1]
+        if self.erase:
+            x[_erase_mask(len(x), self.erase, rng)[:, None]] = 0.0
+        return x
+
+
+def _random_crop(x: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    rows = rng.integers(0, 2 * pad + 1, len(x))[:, None] + np.arange(SIDE)
+    cols = rng.integers(0, 2 * pad + 1, len(x))[:, None] + np.arange(SIDE)
+    return padded[np.arange(len(x))[:, None, None], 0, rows[:, :, None], cols[:, None, :]][:, None]
+
+
+def _erase_mask(n: int, probability: float, rng: np.random.Generator) -> np.ndarray:
+    """[n, 28, 28] masks of one rectangle (2-33% of the image, aspect 0.3-3.3) per chosen image."""
+    chosen = rng.random(n) < probability
+    area = rng.uniform(0.02, 0.33, n) * SIDE * SIDE
+    aspect = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3), n))
+    h = np.clip(np.round(np.sqrt(area * aspect)), 1, SIDE).astype(int)
+    w = np.clip(np.round(np.sqrt(area / aspect)), 1, SIDE).astype(int)
+    top, left = rng.integers(0, SIDE - h + 1), rng.integers(0, SIDE - w + 1)
+    line = np.arange(SIDE)
+    in_rows = (line >= top[:, None]) & (line < (top + h)[:, None])
+    in_cols = (line >= left[:, None]) & (line < (left + w)[:, None])
+    return chosen[:, None, None] & in_rows[:, :, None] & in_cols[:, None, :]
+
+
 class FashionMNIST(paddle.io.Dataset):
     """Float32 images [1, 28, 28] scaled to [0, 1] and int64 labels (when known).
 
@@ -353,9 +402,11 @@ class FashionMNIST(paddle.io.Dataset):
     one numpy call so the training loop never runs Python per sample.
     """
 
-    def __init__(self, images: np.ndarray, labels: Optional[np.ndarray] = None):
+    def __init__(self, images: np.ndarray, labels: Optional[np.ndarray] = None,
+                 augment: Optional[Augment] = None):
         self.images = images
         self.labels = labels
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.images)
@@ -363,10 +414,12 @@ class FashionMNIST(paddle.io.Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         return tuple(part[0] for part in self.batch(np.asarray([index])))
 
-    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Images (and labels) of many rows at once."""
+    def batch(self, indices: np.ndarray, rng: Optional[np.random.Generator] = None) -> tuple[np.ndarray, ...]:
+        """Images (and labels) of many rows at once; augmented when a generator is given."""
         # uint8 / 255.0 would be float64: divide by a float32 scalar.
         x = self.images[indices].reshape(-1, 1, SIDE, SIDE).astype(np.float32) / np.float32(255)
+        if self.augment and rng is not None:
+            x = self.augment(x, rng)
         return (x,) if self.labels is None else (x, self.labels[indices])
 
 
@@ -381,9 +434,11 @@ class Batches(paddle.io.Dataset):
         self.dataset = dataset
         self.batch_sampler = batch_sampler
         self.order = [np.asarray(b) for b in batch_sampler]
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for an epoch (deterministic given the epoch number)."""
+        """Reshuffle (and re-draw augmentation) for an epoch, deterministically."""
+        self.epoch = epoch
         self.batch_sampler.set_epoch(epoch)
         self.order = [np.asarray(b) for b in self.batch_sampler]
 
@@ -391,7 +446,9 @@ class Batches(paddle.io.Dataset):
         return len(self.order)
 
     def __getitem__(self, k: int) -> tuple[np.ndarray, ...]:
-        return self.dataset.batch(self.order[k])
+        # Seeded by (epoch, rank, batch): the same images whatever order batches are fetched in.
+        rank = getattr(self.batch_sampler, "local_rank", 0)
+        return self.dataset.batch(self.order[k], np.random.default_rng([self.epoch, rank, k]))
 
 
 def make_loader(dataset: FashionMNIST, batch_size: int, shuffle: bool) -> paddle.io.DataLoader:

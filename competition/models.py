@@ -1,8 +1,10 @@
 """Model registry: a plain dict of builder functions returning paddle.nn layers."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
+import paddle
 from paddle import nn
 
 from .errors import CompetitionError
@@ -51,18 +53,70 @@ def build_cnn() -> nn.Layer:
     )
 
 
-MODELS: dict[str, Callable[[], nn.Layer]] = {
+class BasicBlock(nn.Layer):
+    """Two 3x3 conv+BN layers added to a shortcut: identity, or a 1x1 projection when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2D(c_in, c_out, 3, stride=stride, padding=1, bias_attr=False)
+        self.bn1 = nn.BatchNorm2D(c_out)
+        self.conv2 = nn.Conv2D(c_out, c_out, 3, padding=1, bias_attr=False)
+        self.bn2 = nn.BatchNorm2D(c_out)
+        self.relu = nn.ReLU()
+        # Identity as a layer, not an `if` in forward(): the graph stays the same for paddle.jit.save.
+        self.shortcut: nn.Layer = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2D(c_in, c_out, 1, stride=stride, bias_attr=False),
+                                          nn.BatchNorm2D(c_out))
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def build_resnet(width: int = 32, depth: int = 2) -> nn.Layer:
+    """A small ResNet for 28x28 images: stages of `depth` blocks, width/2w/4w channels at 28/14/7 pixels."""
+    for option, value in (("width", width), ("depth", depth)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CompetitionError(f"resnet {option} must be a whole number of at least 1, got {value!r}.")
+    # No conv bias anywhere: each conv feeds a BatchNorm, whose shift replaces it.
+    layers: list[nn.Layer] = [nn.Conv2D(1, width, 3, padding=1, bias_attr=False),
+                              nn.BatchNorm2D(width), nn.ReLU()]
+    c_in = width
+    for stage, c_out in enumerate((width, 2 * width, 4 * width)):
+        for block in range(depth):
+            stride = 2 if stage > 0 and block == 0 else 1
+            layers.append(BasicBlock(c_in, c_out, stride))
+            c_in = c_out
+    layers += [nn.AdaptiveAvgPool2D(1), nn.Flatten(), nn.Linear(c_in, N_CLASSES)]
+    return nn.Sequential(*layers)
+
+
+MODELS: dict[str, Callable[..., nn.Layer]] = {
     "fc": build_fc,
     "conv": build_conv,
     "cnn": build_cnn,
+    "resnet": build_resnet,
 }
 
 
-def build_model(name: str) -> nn.Layer:
-    """Instantiate a registered model by name."""
+def model_options(name: str) -> list[str]:
+    """The keyword options a registered model's builder takes, in signature order."""
+    return list(inspect.signature(MODELS[name]).parameters)
+
+
+def build_model(name: str, **options: object) -> nn.Layer:
+    """Instantiate a registered model by name; options go to its builder (e.g. resnet's width, depth)."""
     if name not in MODELS:
         raise CompetitionError(f"unknown model '{name}'; expected one of {', '.join(MODELS)}.")
-    return MODELS[name]()
+    unknown = [option for option in options if option not in model_options(name)]
+    if unknown:
+        takers = [f"{other} takes {', '.join(model_options(other))}" for other in MODELS if model_options(other)]
+        listed = ", ".join(f"'{option}'" for option in unknown)
+        raise CompetitionError(f"model '{name}' takes no option {listed}; "
+                               f"{'; '.join(takers) or 'no model takes options'}.")
+    return MODELS[name](**options)
 
 
 def count_parameters(model: nn.Layer) -> int:

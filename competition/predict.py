@@ -1,11 +1,13 @@
 """Prediction: a run's model on an unlabeled test file, written as a contest submission."""
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -14,9 +16,13 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from . import checkpoint, submission
-from .data import TEST_FILE, FashionMNIST, ImageTable, find_data_file, make_loader, read_test_csv
+from .data import SIDE, TEST_FILE, FashionMNIST, ImageTable, find_data_file, make_loader, read_test_csv
 from .errors import CompetitionError
 from .models import N_CLASSES
+
+log = logging.getLogger(__name__)
+
+RunDirs = Union[Path, list[Path]]  # one run folder, or several to ensemble
 
 
 @dataclass
@@ -26,7 +32,9 @@ class Submission:
     path: Path
     archived: Path
     rows: int
-    val_acc: Optional[float]
+    val_acc: Optional[float]  # None without a validation split, and for ensembles
+    runs: list[Path] = field(default_factory=list)  # the run folders whose probabilities were averaged
+    tta: bool = False
 
 
 def load_test_table(test: Optional[str], data_dir: Optional[str] = None) -> ImageTable:
@@ -102,8 +110,22 @@ def _predictor(graph: Path, params: Path) -> paddle.inference.Predictor:
     return predictor
 
 
-def run_probs(run_dir: Path, images: np.ndarray) -> np.ndarray:
-    """A run's probabilities: the exported inference model when there is one, else dygraph."""
+def flip_images(images: np.ndarray) -> np.ndarray:
+    """Mirror each uint8 [N, 784] image left to right (never upside down: clothes have an up)."""
+    square = np.asarray(images).reshape(-1, SIDE, SIDE)
+    return np.ascontiguousarray(square[:, :, ::-1]).reshape(len(square), SIDE * SIDE)
+
+
+def run_probs(run_dir: Path, images: np.ndarray, tta: bool = False) -> np.ndarray:
+    """A run's probabilities (exported inference model, else dygraph); tta averages in the mirror images."""
+    if not tta:
+        return _model_probs(Path(run_dir), images)
+    # One pass over images and mirrors together: the model is loaded and warmed up once.
+    probs = _model_probs(Path(run_dir), np.concatenate([images, flip_images(images)]))
+    return (probs[:len(images)] + probs[len(images):]) / 2
+
+
+def _model_probs(run_dir: Path, images: np.ndarray) -> np.ndarray:
     probs = inference_probs(run_dir, images)
     if probs is None:
         model, _ = checkpoint.load_model(run_dir)
@@ -111,22 +133,55 @@ def run_probs(run_dir: Path, images: np.ndarray) -> np.ndarray:
     return probs
 
 
-def accuracy_on(run_dir: Path, table: ImageTable) -> float:
-    """Accuracy of a run's model on a labeled table."""
+def ensemble_probs(run_dirs: list[Path], images: np.ndarray, tta: bool = False) -> np.ndarray:
+    """The mean of the runs' softmax probabilities [N, 10] (not a vote of their labels)."""
+    if not run_dirs:
+        raise CompetitionError("an ensemble needs at least one run folder.")
+    total = np.zeros((len(images), N_CLASSES), np.float64)
+    for run_dir in run_dirs:
+        total += run_probs(run_dir, images, tta)
+    return (total / len(run_dirs)).astype(np.float32)
+
+
+def as_run_list(run_dirs: RunDirs) -> list[Path]:
+    """One run folder or several, as a list of Paths."""
+    return [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+
+
+def accuracy_on(run_dirs: RunDirs, table: ImageTable, tta: bool = False) -> float:
+    """Accuracy of a run's model, or of several runs' averaged probabilities, on a labeled table."""
     if table.labels is None:
         raise CompetitionError(f"{table.path}: has no 'label' column to score against.")
-    return float((run_probs(run_dir, table.images).argmax(1) == table.labels).mean())
+    probs = ensemble_probs(as_run_list(run_dirs), table.images, tta)
+    return float((probs.argmax(1) == table.labels).mean())
 
 
-def predict_run(run_dir: Path, table: ImageTable, out: Path) -> Submission:
-    """Write the run's submission for `table` to `out` and a never-overwritten copy beside it."""
-    labels = run_probs(run_dir, table.images).argmax(1)
+def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: bool = False) -> Submission:
+    """Write the submission of one run, or of an ensemble of runs, to `out` and a never-overwritten copy.
+
+    The copy is named `<run>-val<best acc>` (`<run>-noval` without a validation
+    split) for one run, and `ensemble-<n>-<first run>-<digest>` for several,
+    where the digest is of the sorted run names, so different ensembles that
+    start with the same run get different names. `-tta` is appended when the
+    mirror images were averaged in. An ensemble's val_acc is None: its runs
+    may have held out different rows, so no single validation score applies.
+    """
+    runs = as_run_list(run_dirs)
+    labels = ensemble_probs(runs, table.images, tta).argmax(1)
     frame = submission_frame(table, labels)
     write_submission(frame, out)
-    val_acc = checkpoint.best_val_acc(run_dir)
-    tag = "noval" if val_acc is None else f"val{val_acc:.4f}"
-    archived = archive_submission(out, Path(out).parent, f"{Path(run_dir).name}-{tag}")
-    return Submission(out, archived, len(frame), val_acc)
+    val_acc = checkpoint.best_val_acc(runs[0]) if len(runs) == 1 else None
+    stem = _archive_stem(runs, val_acc) + ("-tta" if tta else "")
+    archived = archive_submission(out, Path(out).parent, stem)
+    log.info("submission %s from %s%s", out, ", ".join(map(str, runs)), " with mirror TTA" if tta else "")
+    return Submission(out, archived, len(frame), val_acc, runs, tta)
+
+
+def _archive_stem(runs: list[Path], val_acc: Optional[float]) -> str:
+    if len(runs) == 1:
+        return f"{runs[0].name}-{'noval' if val_acc is None else f'val{val_acc:.4f}'}"
+    digest = hashlib.sha1("\n".join(sorted(str(r.resolve()) for r in runs)).encode()).hexdigest()[:6]
+    return f"ensemble-{len(runs)}-{runs[0].name}-{digest}"
 
 
 def submission_frame(table: ImageTable, labels: np.ndarray) -> pd.DataFrame:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import checkpoint, parallel
 from .config import Config
 from .errors import CompetitionError, TrainingInterrupted
-from .data import TRAIN_FILE, FashionMNIST, ImageTable, find_data_file, make_loader, read_train_csv, stratified_split
+from .data import TRAIN_FILE, Augment, FashionMNIST, ImageTable, find_data_file, make_loader, read_train_csv, stratified_split
 from .models import build_model, count_parameters
 
 log = logging.getLogger("competition")
@@ -78,9 +78,34 @@ def load_training_data(config: Config) -> Data:
     return table, train_idx, val_idx
 
 
-def build_optimizer(config: Config, model: nn.Layer) -> paddle.optimizer.Optimizer:
-    """The optimizer named by the configuration."""
-    return paddle.optimizer.Adam(learning_rate=config.lr, parameters=model.parameters())
+def build_optimizer(config: Config, model: nn.Layer, steps_per_epoch: int) -> paddle.optimizer.Optimizer:
+    """The configured optimizer; its learning rate is an LRScheduler stepped every batch
+    (its state travels in the optimizer's state dict, so resume keeps the schedule)."""
+    rate = build_schedule(config, steps_per_epoch)
+    params = model.parameters()
+    if config.optimizer == "adamw":
+        return paddle.optimizer.AdamW(learning_rate=rate, parameters=params, weight_decay=config.weight_decay)
+    decay = paddle.regularizer.L2Decay(config.weight_decay) if config.weight_decay else None
+    if config.optimizer == "sgd":
+        return paddle.optimizer.Momentum(learning_rate=rate, momentum=0.9, use_nesterov=True,
+                                         parameters=params, weight_decay=decay)
+    return paddle.optimizer.Adam(learning_rate=rate, parameters=params, weight_decay=decay)
+
+
+def build_schedule(config: Config, steps_per_epoch: int) -> paddle.optimizer.lr.LRScheduler:
+    """The learning-rate schedule over every training step of the run."""
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
+    if config.schedule == "onecycle":  # has its own warm-up phase
+        return paddle.optimizer.lr.OneCycleLR(max_learning_rate=config.lr, total_steps=total,
+                                              end_learning_rate=config.lr / 1000)
+    if config.schedule == "cosine":
+        schedule = paddle.optimizer.lr.CosineAnnealingDecay(config.lr, T_max=total - warmup)
+    else:
+        schedule = paddle.optimizer.lr.LambdaDecay(config.lr, lambda step: 1.0)
+    if warmup:
+        schedule = paddle.optimizer.lr.LinearWarmup(schedule, warmup, start_lr=config.lr / 10, end_lr=config.lr)
+    return schedule
 
 
 def model_summary(model: nn.Layer) -> str:
@@ -93,7 +118,8 @@ def model_summary(model: nn.Layer) -> str:
 
 def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: paddle.optimizer.Optimizer,
                     max_steps: Optional[int] = None, desc: str = "train",
-                    step_losses: Optional[list[float]] = None) -> dict[str, float]:
+                    step_losses: Optional[list[float]] = None,
+                    label_smoothing: float = 0.0) -> dict[str, float]:
     """One pass over the training batches; returns mean loss, accuracy, steps and samples.
 
     Each batch's loss is appended to `step_losses` when one is given.
@@ -109,10 +135,12 @@ def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: pa
         if done == steps:
             break
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()
+        if isinstance(optimizer._learning_rate, paddle.optimizer.lr.LRScheduler):
+            optimizer._learning_rate.step()  # per batch; Paddle has no public getter for it
         metric.update(metric.compute(logits, y.unsqueeze(1)))
         batch_loss = float(loss)
         if step_losses is not None:
@@ -154,7 +182,7 @@ def prepare_run(config: Config) -> tuple[Path, Data]:
     """
     config.validate()
     select_device(config.device)  # a missing GPU fails before the folder exists
-    build_model(config.model)  # an unknown name fails before the data is read
+    build_model(config.model, **config.model_options())  # a bad model fails before the data is read
     data = load_training_data(config)
     run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
     checkpoint.save_config(run_dir, config)
@@ -179,7 +207,7 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[Data] = None) 
     device = select_device(config.device)
     seed_everything(config.seed)
     with _stable_names():
-        model = build_model(config.model)
+        model = build_model(config.model, **config.model_options())
         return _train(config, Path(run_dir), device, model, data or load_training_data(config), resume)
 
 
@@ -196,7 +224,9 @@ def _train(config: Config, run_dir: Path, device: str, model: nn.Layer, data: Da
            resuming: bool) -> RunResult:
     table, train_idx, val_idx = data
     rank, world = parallel.world()
-    optimizer = build_optimizer(config, model)
+    train_loader = make_loader(FashionMNIST(table.images[train_idx], table.labels[train_idx], _augment(config)),
+                               config.batch_size // world, shuffle=True)
+    optimizer = build_optimizer(config, model, min(len(train_loader), config.max_steps or len(train_loader)))
     if resuming:
         progress = checkpoint.load_state(run_dir, model, optimizer)
         if rank == 0:
@@ -212,7 +242,7 @@ def _train(config: Config, run_dir: Path, device: str, model: nn.Layer, data: Da
         if rank == 0:
             log.info("model %s, %d parameters\n%s", config.model, count_parameters(model), model_summary(model))
         try:
-            _epochs(config, model, optimizer, data, run_dir, progress)
+            _epochs(config, model, optimizer, train_loader, data, run_dir, progress)
             if rank == 0:
                 checkpoint.export_inference(run_dir)  # for fast prediction with paddle.inference
         except KeyboardInterrupt:
@@ -224,14 +254,16 @@ def _train(config: Config, run_dir: Path, device: str, model: nn.Layer, data: Da
                      progress["best_epoch"])
 
 
-def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer, data: Data,
-            run_dir: Path, progress: dict) -> None:
+def _augment(config: Config) -> Augment:
+    return Augment(crop_pad=config.crop_pad, flip=config.flip, erase=config.erase)
+
+
+def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
+            train_loader: paddle.io.DataLoader, data: Data, run_dir: Path, progress: dict) -> None:
+    """Each rank's loader takes batch_size / world rows, so the global batch is --batch-size."""
     table, train_idx, val_idx = data
     rank, world = parallel.world()
     net = paddle.DataParallel(model) if world > 1 else model  # averages gradients over ranks
-    # Each rank takes batch_size / world rows, so the global batch is --batch-size.
-    train_loader = make_loader(FashionMNIST(table.images[train_idx], table.labels[train_idx]),
-                               config.batch_size // world, shuffle=True)
     val_loader = make_loader(FashionMNIST(table.images[val_idx], table.labels[val_idx]),
                              max(config.batch_size, 1000), shuffle=False) if len(val_idx) and rank == 0 else None
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
@@ -239,11 +271,14 @@ def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimiz
         # Mixing the seed into the sampler's epoch makes the shuffle follow --seed.
         train_loader.dataset.set_epoch(config.seed * 100_003 + epoch)
         losses: list[float] = []
-        train = train_one_epoch(net, train_loader, optimizer, config.max_steps, f"epoch {epoch}", losses)
+        lr = optimizer.get_lr()  # the rate the epoch starts with
+        train = train_one_epoch(net, train_loader, optimizer, config.max_steps, f"epoch {epoch}", losses,
+                                config.label_smoothing)
         train = parallel.mean_over_ranks(train)
         progress["epoch"] = epoch
         if rank == 0:
-            _record_epoch(config, model, optimizer, val_loader, run_dir, progress, train, losses, started)
+            _record_epoch(config, model, optimizer, val_loader, run_dir, progress,
+                          {**train, "lr": lr}, losses, started)
 
 
 def _record_epoch(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
@@ -254,7 +289,7 @@ def _record_epoch(config: Config, model: nn.Layer, optimizer: paddle.optimizer.O
     val = evaluate(model, val_loader) if val_loader else {"loss": math.nan, "acc": math.nan}
     history = progress["history"]
     history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
-                    "val_loss": val["loss"], "val_acc": val["acc"], "lr": optimizer.get_lr(),
+                    "val_loss": val["loss"], "val_acc": val["acc"], "lr": train["lr"],
                     "seconds": time.perf_counter() - started})
     # Without a validation split the last epoch is the one to keep.
     if val_loader is None or val["acc"] > progress["best_acc"]:

@@ -9,7 +9,8 @@ import pytest
 from competition.errors import CompetitionError
 from competition.models import MODELS, build_model, count_parameters
 
-EXPECTED_PARAMETERS = {"fc": 101_770, "conv": 25_290, "cnn": 39_674}
+# resnet: width 32, depth 2 (the defaults).
+EXPECTED_PARAMETERS = {"fc": 101_770, "conv": 25_290, "cnn": 39_674, "resnet": 696_042}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -52,3 +53,47 @@ def test_every_parameter_receives_a_gradient(name: str) -> None:
 def test_unknown_model_names_the_choices() -> None:
     with pytest.raises(CompetitionError, match="unknown model 'resnet9000'; expected one of fc, conv"):
         build_model("resnet9000")
+
+
+def test_resnet_options_size_the_network() -> None:
+    paddle.seed(0)
+    small = build_model("resnet", width=16, depth=1)
+    assert count_parameters(small) == 77_754 < EXPECTED_PARAMETERS["resnet"]
+    assert count_parameters(build_model("resnet", width=32, depth=2)) == EXPECTED_PARAMETERS["resnet"]
+    small.eval()
+    logits = small(paddle.to_tensor(np.random.default_rng(2).random((2, 1, 28, 28), dtype=np.float32)))
+    assert logits.shape == [2, 10] and np.isfinite(logits.numpy()).all()
+
+
+def test_resnet_stages_end_at_seven_pixels_with_four_times_the_width_and_no_conv_bias() -> None:
+    model = build_model("resnet", width=8, depth=1)
+    model.eval()
+    x = paddle.zeros([2, 1, 28, 28])
+    for layer in model:
+        if isinstance(layer, paddle.nn.AdaptiveAvgPool2D):
+            break
+        x = layer(x)
+    assert x.shape == [2, 32, 7, 7]
+    convs = [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.Conv2D)]
+    assert len(convs) == 1 + 3 * 2 + 2  # stem, two per block, two projections
+    assert all(conv.bias is None for conv in convs)  # each conv feeds a BatchNorm
+
+
+@pytest.mark.parametrize("name, options, fragment", [
+    ("cnn", {"width": 16}, "model 'cnn' takes no option 'width'; resnet takes width, depth."),
+    ("resnet", {"widht": 16}, "model 'resnet' takes no option 'widht'; resnet takes width, depth."),
+])
+def test_an_option_the_builder_does_not_take_is_named(name: str, options: dict, fragment: str) -> None:
+    with pytest.raises(CompetitionError, match=fragment):
+        build_model(name, **options)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"width": 0}, "resnet width must be a whole number of at least 1, got 0."),
+    ({"width": -4}, "resnet width must be a whole number of at least 1, got -4."),
+    ({"width": 2.5}, "resnet width must be a whole number of at least 1, got 2.5."),
+    ({"depth": 0}, "resnet depth must be a whole number of at least 1, got 0."),
+])
+def test_impossible_resnet_sizes_are_refused(options: dict, fragment: str) -> None:
+    with pytest.raises(CompetitionError, match=fragment):
+        build_model("resnet", **options)

@@ -1,0 +1,111 @@
+"""Test-time augmentation (mirror images) and ensembles of runs' probabilities."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import paddle
+import pytest
+
+from competition import checkpoint
+from competition.data import read_test_csv, read_train_csv
+from competition.errors import CompetitionError
+from competition.predict import accuracy_on, ensemble_probs, flip_images, predict_run, run_probs
+
+
+@pytest.fixture(scope="module")
+def other_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of tiny_run with perturbed weights, re-exported: a second, different run in seconds."""
+    run_dir = tmp_path_factory.mktemp("runs") / f"{tiny_run.name}-perturbed"
+    shutil.copytree(tiny_run, run_dir)
+    model, _ = checkpoint.load_model(run_dir)
+    paddle.seed(1)
+    with paddle.no_grad():
+        for param in model.parameters():
+            param.set_value(param + 0.05 * paddle.randn(param.shape))
+    paddle.save(model.state_dict(), str(run_dir / f"{checkpoint.CHECKPOINT}.pdparams"))
+    checkpoint.save_inference(model, run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def images(real_data: dict) -> np.ndarray:
+    return read_test_csv(real_data["test"]).images
+
+
+def test_flip_mirrors_columns_only_and_twice_is_the_identity() -> None:
+    image = np.zeros((28, 28), np.uint8)
+    image[3, 0], image[5, 27], image[10, 13] = 200, 7, 9
+    (flipped,) = flip_images(image.reshape(1, 784)).reshape(1, 28, 28)
+    assert flipped[3, 27] == 200 and flipped[5, 0] == 7 and flipped[10, 14] == 9
+    assert np.count_nonzero(flipped) == 3  # nothing moved to another row
+    batch = np.random.default_rng(0).integers(0, 256, (5, 784)).astype(np.uint8)
+    once = flip_images(batch)
+    assert once.shape == batch.shape and once.dtype == np.uint8
+    assert np.array_equal(once.reshape(5, 28, 28), batch.reshape(5, 28, 28)[:, :, ::-1])
+    assert np.array_equal(flip_images(once), batch)
+
+
+def test_ensemble_is_the_mean_of_the_runs_probabilities(tiny_run: Path, other_run: Path,
+                                                        images: np.ndarray) -> None:
+    a, b = run_probs(tiny_run, images), run_probs(other_run, images)
+    assert not np.allclose(a, b, atol=1e-3)  # the perturbation made a different model
+    both = ensemble_probs([tiny_run, other_run], images)
+    assert both.shape == (len(images), 10)
+    np.testing.assert_allclose(both, (a + b) / 2, atol=1e-6)
+    np.testing.assert_allclose(both.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_ensemble_of_one_run_twice_is_that_run(tiny_run: Path, images: np.ndarray) -> None:
+    np.testing.assert_allclose(ensemble_probs([tiny_run, tiny_run], images), run_probs(tiny_run, images),
+                               atol=1e-6)
+
+
+def test_ensemble_needs_a_run() -> None:
+    with pytest.raises(CompetitionError, match="an ensemble needs at least one run folder."):
+        ensemble_probs([], np.zeros((1, 784), np.uint8))
+
+
+def test_tta_averages_the_images_and_their_mirrors(tiny_run: Path, images: np.ndarray) -> None:
+    expected = (run_probs(tiny_run, images) + run_probs(tiny_run, flip_images(images))) / 2
+    tta = run_probs(tiny_run, images, tta=True)
+    np.testing.assert_allclose(tta, expected, atol=1e-6)
+    np.testing.assert_allclose(ensemble_probs([tiny_run], images, tta=True), expected, atol=1e-6)
+
+
+def test_predict_with_two_runs_writes_a_submission_and_an_ensemble_archive(
+        tiny_run: Path, other_run: Path, real_data: dict, tmp_path: Path) -> None:
+    table = read_test_csv(real_data["test"])
+    out = tmp_path / "subs" / "submission.csv"
+    result = predict_run([tiny_run, other_run], table, out)
+    submission = pd.read_csv(out)
+    assert out.read_text().splitlines()[0] == "id,label"
+    assert list(submission["id"]) == list(pd.read_csv(real_data["test"])["id"])
+    assert submission["label"].dtype == np.int64 and submission["label"].between(0, 9).all()
+    labels = ensemble_probs([tiny_run, other_run], table.images).argmax(1)
+    assert list(submission["label"]) == list(labels)
+    assert result.archived.name.startswith(f"ensemble-2-{tiny_run.name}-")
+    assert result.archived.read_bytes() == out.read_bytes()
+    assert result.val_acc is None and result.runs == [tiny_run, other_run] and result.rows == len(table)
+    tta = predict_run([tiny_run, other_run], table, out, tta=True)
+    assert tta.archived.stem == f"{result.archived.stem}-tta" and result.archived.exists()
+
+
+def test_one_run_with_tta_keeps_its_archive_name_with_tta_appended(tiny_run: Path, real_data: dict,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "submission.csv"
+    result = predict_run(tiny_run, read_test_csv(real_data["test"]), out, tta=True)
+    val_acc = pd.read_csv(tiny_run / "summary.csv")["val_acc"].max()
+    assert result.archived.name == f"{tiny_run.name}-val{val_acc:.4f}-tta.csv"
+    assert result.val_acc == pytest.approx(val_acc) and result.tta
+
+
+def test_accuracy_of_several_runs_scores_their_mean_probabilities(tiny_run: Path, other_run: Path,
+                                                                  real_data: dict) -> None:
+    table = read_train_csv(real_data["labeled_test"])
+    probs = ensemble_probs([tiny_run, other_run], table.images, tta=True)
+    expected = float((probs.argmax(1) == table.labels).mean())
+    assert accuracy_on([tiny_run, other_run], table, tta=True) == pytest.approx(expected)
+    assert accuracy_on(tiny_run, table) == accuracy_on([tiny_run], table)

@@ -1,0 +1,124 @@
+"""Training recipes: presets, batched augmentation, schedules, full fit, resume with a schedule."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from competition import train
+from competition.cli import main
+from competition.config import PRESETS, Config, from_preset
+from competition.data import Augment, FashionMNIST
+from competition.errors import CompetitionError
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_each_preset_resolves_to_a_valid_configuration(name: str) -> None:
+    config = from_preset(name).validate()
+    assert config.preset == name and config.epochs >= 1
+    overridden = from_preset(name, epochs=1, lr=0.123)
+    assert overridden.epochs == 1 and overridden.lr == 0.123 and overridden.model == PRESETS[name]["model"]
+
+
+def test_unknown_preset_is_refused() -> None:
+    with pytest.raises(CompetitionError, match="unknown preset 'fastest'; expected one of quick, default, best"):
+        from_preset("fastest")
+
+
+def _images(n: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, size=(n, 784)).astype(np.uint8)  # no zeros: erasing is visible
+    return images
+
+
+@pytest.mark.parametrize("augment", [Augment(flip=True), Augment(crop_pad=3), Augment(erase=1.0),
+                                     Augment(crop_pad=2, flip=True, erase=0.5)])
+def test_augmentation_keeps_shape_dtype_range_and_follows_the_seed(augment: Augment) -> None:
+    dataset = FashionMNIST(_images(), np.arange(64) % 10, augment)
+    plain, _ = FashionMNIST(_images(), np.arange(64) % 10).batch(np.arange(64))
+    x, y = dataset.batch(np.arange(64), np.random.default_rng(5))
+    assert x.shape == (64, 1, 28, 28) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert list(y) == list(np.arange(64) % 10)
+    assert not np.array_equal(x, plain)
+    np.testing.assert_array_equal(x, dataset.batch(np.arange(64), np.random.default_rng(5))[0])
+    assert not np.array_equal(x, dataset.batch(np.arange(64), np.random.default_rng(6))[0])
+    np.testing.assert_array_equal(dataset.batch(np.arange(64))[0], plain)  # no generator: no augmentation
+
+
+def test_flip_mirrors_left_right_only_and_crop_shifts_within_the_padding() -> None:
+    plain, _ = FashionMNIST(_images(), np.zeros(64, np.int64)).batch(np.arange(64))
+    flipped, _ = FashionMNIST(_images(), np.zeros(64, np.int64), Augment(flip=True)).batch(
+        np.arange(64), np.random.default_rng(1))
+    mirrored = [np.array_equal(f, p[..., ::-1]) for f, p in zip(flipped, plain)]
+    kept = [np.array_equal(f, p) for f, p in zip(flipped, plain)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and 10 < sum(mirrored) < 54
+    cropped, _ = FashionMNIST(_images(), np.zeros(64, np.int64), Augment(crop_pad=2)).batch(
+        np.arange(64), np.random.default_rng(1))
+    padded = np.pad(plain, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    for c, p in zip(cropped, padded):
+        assert any(np.array_equal(c, p[:, dy:dy + 28, dx:dx + 28]) for dy in range(5) for dx in range(5))
+
+
+def test_erasing_only_zeroes_one_rectangle() -> None:
+    plain, _ = FashionMNIST(_images(), np.zeros(64, np.int64)).batch(np.arange(64))
+    erased, _ = FashionMNIST(_images(), np.zeros(64, np.int64), Augment(erase=1.0)).batch(
+        np.arange(64), np.random.default_rng(2))
+    for e, p in zip(erased[:, 0], plain[:, 0]):
+        changed = e != p
+        assert (e[changed] == 0).all() and changed.any()
+        rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+        assert changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # a filled rectangle
+
+
+@pytest.mark.parametrize("schedule, warmup", [("cosine", 1.0), ("onecycle", 0.0), ("constant", 0.5)])
+def test_schedules_warm_up_peak_at_lr_and_cosine_decays(schedule: str, warmup: float) -> None:
+    config = Config(lr=0.1, epochs=4, schedule=schedule, warmup_epochs=warmup)
+    rate = train.build_schedule(config, steps_per_epoch=10)
+    rates = []
+    for _ in range(40):
+        rates.append(rate())
+        rate.step()
+    assert max(rates) == pytest.approx(0.1, rel=1e-3)
+    assert rates[0] < 0.05  # warm-up (one-cycle starts at lr / 25)
+    if schedule != "constant":
+        assert rates[-1] < 0.005
+
+
+def test_full_fit_trains_on_every_row_and_says_so(train_csv: Path, test_csv: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--train", str(train_csv), "--model", "fc", "--epochs", "1", "--val-size", "0",
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert "50 training rows, 0 validation rows" in (run / "train.log").read_text()
+    assert "trained on every row" in capsys.readouterr().out
+    out = tmp_path / "subs" / "submission.csv"
+    assert main(["predict", "--run", str(run), "--test", str(test_csv), "--out", str(out)]) == 0
+    assert (out.parent / f"{run.name}-noval.csv").is_file()
+
+
+def test_recipe_run_interrupted_and_resumed_matches_uninterrupted(real_data: dict, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["train", "--train", str(real_data["train"]), "--model", "cnn", "--epochs", "3", "--val-size", "100",
+            "--batch-size", "32", "--optimizer", "adamw", "--weight-decay", "0.01", "--schedule", "cosine",
+            "--warmup-epochs", "0.5", "--crop-pad", "2", "--flip", "--erase", "0.5", "--label-smoothing", "0.1"]
+    assert main(args + ["--runs-dir", str(tmp_path / "whole")]) == 0
+    original = train.train_one_epoch
+    calls = []
+
+    def stop_in_second_epoch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr(train, "train_one_epoch", stop_in_second_epoch)
+    assert main(args + ["--runs-dir", str(tmp_path / "cut")]) == 130
+    monkeypatch.setattr(train, "train_one_epoch", original)
+    (cut,) = (tmp_path / "cut").iterdir()
+    assert main(["train", "--resume", str(cut)]) == 0
+    (whole,) = (tmp_path / "whole").iterdir()
+    columns = ["epoch", "train_loss", "val_loss", "val_acc", "lr"]
+    pd.testing.assert_frame_equal(pd.read_csv(cut / "summary.csv")[columns],
+                                  pd.read_csv(whole / "summary.csv")[columns])

@@ -50,6 +50,7 @@ if [ "${1:-}" = "test" ]; then
     shift
     exec "$PY" -m pytest "$@"
 fi
-# No options: the whole contest path. With options: they go to training, then predict.
+# No options: the `default` recipe. With options: they go to training as given. Then predict.
+[ "$#" -gt 0 ] || set -- --preset default
 "$PY" -m competition train "$@"
 exec "$PY" -m competition predict

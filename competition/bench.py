@@ -64,13 +64,15 @@ def predict_seconds(model_name: str, images: np.ndarray) -> float:
 
 
 def torch_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.ndarray) -> Optional[float]:
-    """The same model and loop in PyTorch (vectorized batches, all cores); None without torch."""
+    """The same model and loop in PyTorch (vectorized batches, all cores); None without torch or a twin."""
     try:
         import torch
     except ImportError:
         return None
     torch.manual_seed(0)
     model = _torch_model(settings.model)
+    if model is None:
+        return None
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.from_numpy(images.reshape(-1, 1, 28, 28).astype(np.float32) / np.float32(255))
     y = torch.from_numpy(labels.astype(np.int64))
@@ -107,7 +109,7 @@ def _torch_model(name: str):
         "cnn": lambda: nn.Sequential(*block(1, 16, 5, 2), nn.MaxPool2d(2), *block(16, 32, 3), *block(32, 64, 3),
                                      nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1600, 10)),
     }
-    return twins[name]()
+    return twins[name]() if name in twins else None  # resnet has no PyTorch twin yet
 
 
 def steps_per_epoch(batch_size: int) -> int:

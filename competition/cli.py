@@ -243,7 +243,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     train_path = Path(args.train) if args.train else find_data_file(TRAIN_FILE, args.data_dir)
     test_images = load_test_table(args.test, args.data_dir).images
     figures = run_bench(settings, train_path, test_images)
-    torch = ("PyTorch not installed (pip install -e .[bench])" if figures["torch_epoch_s"] is None else
+    torch = ("no PyTorch figure (not installed: pip install -e .[bench]; or no twin of this model)"
+             if figures["torch_epoch_s"] is None else
              f"PyTorch {figures['torch_version']}: {figures['torch_epoch_s']:.1f} s/epoch; "
              f"Paddle/PyTorch {figures['ratio']:.2f}")
     print(f"{args.model}, batch {args.batch_size}: Paddle {figures['paddle_version']} x{nproc} "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ from . import checkpoint, submission
 from .data import SIDE, TEST_FILE, FashionMNIST, ImageTable, find_data_file, make_loader, read_test_csv
 from .errors import CompetitionError
 from .models import N_CLASSES
-
-log = logging.getLogger(__name__)
 
 RunDirs = Union[Path, list[Path]]  # one run folder, or several to ensemble
 
@@ -173,7 +170,6 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: bool = Fal
     val_acc = checkpoint.best_val_acc(runs[0]) if len(runs) == 1 else None
     stem = _archive_stem(runs, val_acc) + ("-tta" if tta else "")
     archived = archive_submission(out, Path(out).parent, stem)
-    log.info("submission %s from %s%s", out, ", ".join(map(str, runs)), " with mirror TTA" if tta else "")
     return Submission(out, archived, len(frame), val_acc, runs, tta)
 
 

@@ -68,6 +68,11 @@ def test_options_go_to_training_then_predict_runs(repo: Path) -> None:
     assert calls(repo)[-2:] == ["-m competition train --model fc --epochs 5", "-m competition predict"]
 
 
+def test_no_options_train_the_default_preset_then_predict(repo: Path) -> None:
+    assert run_sh(repo).returncode == 0
+    assert calls(repo)[-2:] == ["-m competition train --preset default", "-m competition predict"]
+
+
 def test_test_subcommand_passes_pytest_arguments(repo: Path) -> None:
     assert run_sh(repo, "test", "-k", "data", "-q").returncode == 0
     assert calls(repo)[-1] == "-m pytest -k data -q"

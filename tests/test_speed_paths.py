@@ -57,8 +57,8 @@ def test_read_only_data_folder_caches_in_the_user_cache(tmp_path: Path, always_c
         folder.chmod(0o755)
 
 
-def _train_2proc(real_data: dict, runs: Path) -> subprocess.CompletedProcess:
-    args = ["train", "--train", str(real_data["train"]), "--model", "cnn", "--epochs", "2",
+def _train_2proc(real_data: dict, runs: Path, epochs: int = 2) -> subprocess.CompletedProcess:
+    args = ["train", "--train", str(real_data["train"]), "--model", "cnn", "--epochs", str(epochs),
             "--val-size", "100", "--batch-size", "32", "--nproc", "2", "--runs-dir", str(runs)]
     return subprocess.run([sys.executable, "-m", "competition", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
@@ -111,3 +111,14 @@ def test_bench_json_line_has_the_figures(real_data: dict, capsys: pytest.Capture
     assert {"paddle_epoch_s", "torch_epoch_s", "ratio", "predict_10k_s"} <= set(figures)
     assert figures["paddle_epoch_s"] > 0 and figures["predict_10k_s"] > 0 and figures["nproc"] == 1
     assert (figures["ratio"] is None) == (figures["torch_epoch_s"] is None)
+
+
+def test_two_process_run_resumes_through_the_launcher(real_data: dict, tmp_path: Path) -> None:
+    first = _train_2proc(real_data, tmp_path / "runs", epochs=1)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    resumed = subprocess.run([sys.executable, "-m", "competition", "train", "--resume", str(run), "--epochs", "2"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after epoch 1 on cpu x2" in (run / "train.log").read_text()
+    assert list(pd.read_csv(run / "summary.csv")["epoch"]) == [1, 2]

@@ -66,6 +66,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-pad", type=int, metavar="PIXELS", help="random crops after padding (0: off)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal mirror")
     p.add_argument("--erase", type=float, metavar="P", help="random erasing probability (0: off)")
+    p.add_argument("--ema", type=float, metavar="DECAY", help="validate and keep an exponential moving "
+                   "average of the weights, e.g. 0.999 (0: off)")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--val-size", type=_val_size, metavar="N|FRACTION",
                    help=f"validation rows held out, or a fraction; 0 trains on all rows (default {d.val_size})")

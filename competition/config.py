@@ -33,6 +33,7 @@ class Config:
     crop_pad: int = 0  # random crop after zero-padding each side by this many pixels
     flip: bool = False  # random horizontal mirror (never vertical: clothes have an up)
     erase: float = 0.0  # probability of random erasing of a rectangle
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off; try 0.999)
     width: Optional[int] = None  # model options (resnet)
     depth: Optional[int] = None
     preset: Optional[str] = None  # the preset the other values started from
@@ -62,6 +63,7 @@ class Config:
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}."),
             (0 <= self.crop_pad <= 8, f"--crop-pad must be 0 to 8 pixels, got {self.crop_pad}."),
             (0 <= self.erase <= 1, f"--erase must be a probability from 0 to 1, got {self.erase}."),
+            (0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}."),
             (self.optimizer in OPTIMIZERS,
              f"unknown optimizer '{self.optimizer}'; expected one of {', '.join(OPTIMIZERS)}."),
             (self.nproc is None or self.nproc >= 1, f"--nproc must be at least 1, got {self.nproc}."),
@@ -123,7 +125,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the strongest recipe: a residual network with the full augmentation set
     "best": {"model": "resnet", "width": 32, "depth": 2, "epochs": 40, "batch_size": 128,
              "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine",
-             "warmup_epochs": 2, "flip": True, "crop_pad": 2, "erase": 0.5, "label_smoothing": 0.1},
+             "warmup_epochs": 2, "flip": True, "crop_pad": 2, "erase": 0.5, "label_smoothing": 0.1,
+             "ema": 0.999},
 }
 
 

@@ -39,6 +39,46 @@ class RunResult:
     best_epoch: int
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights and BatchNorm statistics.
+
+    Written here because Paddle's dygraph has none: paddle.incubate's
+    ModelAverage averages over a sliding window of steps, and
+    paddle.static.ExponentialMovingAverage works only in static graphs.
+    """
+
+    def __init__(self, model: nn.Layer, decay: float):
+        self.model, self.decay = model, decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @paddle.no_grad()
+    def update(self) -> None:
+        """Move the average towards the current weights (after each optimizer step)."""
+        for name, value in self.model.state_dict().items():
+            if paddle.is_floating_point(value):
+                self.shadow[name] = self.decay * self.shadow[name] + (1 - self.decay) * value
+            else:
+                self.shadow[name] = value.clone()  # counters such as BN's step count
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Use the averaged weights inside the block, then restore the trained ones."""
+        trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.set_state_dict(self.shadow)
+        try:
+            yield
+        finally:
+            self.model.set_state_dict(trained)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The average as numpy arrays (saved in last.ckpt)."""
+        return {k: v.numpy() for k, v in self.shadow.items()}
+
+    def load(self, state: dict[str, np.ndarray]) -> None:
+        """Restore an average written by state()."""
+        self.shadow = {k: paddle.to_tensor(v) for k, v in state.items()}
+
+
 def run_result(run_dir: Path) -> RunResult:
     """What a finished run folder says about itself (for runs trained by other processes)."""
     summary = checkpoint.read_summary(Path(run_dir))
@@ -119,7 +159,7 @@ def model_summary(model: nn.Layer) -> str:
 def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: paddle.optimizer.Optimizer,
                     max_steps: Optional[int] = None, desc: str = "train",
                     step_losses: Optional[list[float]] = None,
-                    label_smoothing: float = 0.0) -> dict[str, float]:
+                    label_smoothing: float = 0.0, ema: Optional[WeightAverage] = None) -> dict[str, float]:
     """One pass over the training batches; returns mean loss, accuracy, steps and samples.
 
     Each batch's loss is appended to `step_losses` when one is given.
@@ -141,6 +181,8 @@ def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: pa
         optimizer.clear_grad()
         if isinstance(optimizer._learning_rate, paddle.optimizer.lr.LRScheduler):
             optimizer._learning_rate.step()  # per batch; Paddle has no public getter for it
+        if ema is not None:
+            ema.update()
         metric.update(metric.compute(logits, y.unsqueeze(1)))
         batch_loss = float(loss)
         if step_losses is not None:
@@ -227,12 +269,16 @@ def _train(config: Config, run_dir: Path, device: str, model: nn.Layer, data: Da
     train_loader = make_loader(FashionMNIST(table.images[train_idx], table.labels[train_idx], _augment(config)),
                                config.batch_size // world, shuffle=True)
     optimizer = build_optimizer(config, model, min(len(train_loader), config.max_steps or len(train_loader)))
+    ema = WeightAverage(model, config.ema) if config.ema else None
     if resuming:
         progress = checkpoint.load_state(run_dir, model, optimizer)
+        if ema is not None:
+            ema.load(progress["ema"])
         if rank == 0:
             checkpoint.trim_step_losses(run_dir, progress["epoch"])
     else:
-        progress = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "history": []}
+        progress = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "history": [],
+                    "ema": ema.state() if ema else None}
         if rank == 0:
             checkpoint.save_state(run_dir, model, optimizer, progress)  # an interrupted epoch 1 can resume
     with _rank_logging(run_dir, rank), _signals_interrupt():
@@ -242,7 +288,7 @@ def _train(config: Config, run_dir: Path, device: str, model: nn.Layer, data: Da
         if rank == 0:
             log.info("model %s, %d parameters\n%s", config.model, count_parameters(model), model_summary(model))
         try:
-            _epochs(config, model, optimizer, train_loader, data, run_dir, progress)
+            _epochs(config, model, optimizer, train_loader, data, run_dir, progress, ema)
             if rank == 0:
                 checkpoint.export_inference(run_dir)  # for fast prediction with paddle.inference
         except KeyboardInterrupt:
@@ -259,7 +305,8 @@ def _augment(config: Config) -> Augment:
 
 
 def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
-            train_loader: paddle.io.DataLoader, data: Data, run_dir: Path, progress: dict) -> None:
+            train_loader: paddle.io.DataLoader, data: Data, run_dir: Path, progress: dict,
+            ema: Optional[WeightAverage]) -> None:
     """Each rank's loader takes batch_size / world rows, so the global batch is --batch-size."""
     table, train_idx, val_idx = data
     rank, world = parallel.world()
@@ -273,28 +320,34 @@ def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimiz
         losses: list[float] = []
         lr = optimizer.get_lr()  # the rate the epoch starts with
         train = train_one_epoch(net, train_loader, optimizer, config.max_steps, f"epoch {epoch}", losses,
-                                config.label_smoothing)
+                                config.label_smoothing, ema)
         train = parallel.mean_over_ranks(train)
         progress["epoch"] = epoch
         if rank == 0:
+            if ema is not None:
+                progress["ema"] = ema.state()
             _record_epoch(config, model, optimizer, val_loader, run_dir, progress,
-                          {**train, "lr": lr}, losses, started)
+                          {**train, "lr": lr}, losses, started, ema)
 
 
 def _record_epoch(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
                   val_loader: Optional[paddle.io.DataLoader], run_dir: Path, progress: dict,
-                  train: dict[str, float], losses: list[float], started: float) -> None:
+                  train: dict[str, float], losses: list[float], started: float,
+                  ema: Optional[WeightAverage] = None) -> None:
     """Validate, keep the best checkpoint, and save everything a resume needs (rank 0)."""
     epoch = progress["epoch"]
-    val = evaluate(model, val_loader) if val_loader else {"loss": math.nan, "acc": math.nan}
+    # Validation and the best checkpoint use the averaged weights when there are any;
+    # last.ckpt (below) keeps the trained ones.
+    with ema.applied() if ema else contextlib.nullcontext():
+        val = evaluate(model, val_loader) if val_loader else {"loss": math.nan, "acc": math.nan}
+        # Without a validation split the last epoch is the one to keep.
+        if val_loader is None or val["acc"] > progress["best_acc"]:
+            progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
+            checkpoint.save_checkpoint(run_dir, model, optimizer)
     history = progress["history"]
     history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
                     "val_loss": val["loss"], "val_acc": val["acc"], "lr": train["lr"],
                     "seconds": time.perf_counter() - started})
-    # Without a validation split the last epoch is the one to keep.
-    if val_loader is None or val["acc"] > progress["best_acc"]:
-        progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
-        checkpoint.save_checkpoint(run_dir, model, optimizer)
     checkpoint.append_step_losses(run_dir, epoch, losses)
     checkpoint.write_summary(run_dir, history)
     checkpoint.save_state(run_dir, model, optimizer, progress)

@@ -102,7 +102,8 @@ def test_recipe_run_interrupted_and_resumed_matches_uninterrupted(real_data: dic
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     args = ["train", "--train", str(real_data["train"]), "--model", "cnn", "--epochs", "3", "--val-size", "100",
             "--batch-size", "32", "--optimizer", "adamw", "--weight-decay", "0.01", "--schedule", "cosine",
-            "--warmup-epochs", "0.5", "--crop-pad", "2", "--flip", "--erase", "0.5", "--label-smoothing", "0.1"]
+            "--warmup-epochs", "0.5", "--crop-pad", "2", "--flip", "--erase", "0.5", "--label-smoothing", "0.1",
+            "--ema", "0.9"]
     assert main(args + ["--runs-dir", str(tmp_path / "whole")]) == 0
     original = train.train_one_epoch
     calls = []
@@ -122,3 +123,24 @@ def test_recipe_run_interrupted_and_resumed_matches_uninterrupted(real_data: dic
     columns = ["epoch", "train_loss", "val_loss", "val_acc", "lr"]
     pd.testing.assert_frame_equal(pd.read_csv(cut / "summary.csv")[columns],
                                   pd.read_csv(whole / "summary.csv")[columns])
+
+
+def test_weight_average_tracks_weights_and_is_applied_only_inside_its_block() -> None:
+    import paddle
+
+    from competition.models import build_model
+    model = build_model("fc")
+    start = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    average = train.WeightAverage(model, decay=0.75)
+    for value in model.parameters():
+        value.set_value(value + 1.0)  # a "training step" moves every weight by +1
+    average.update()
+    name = "1.bias"
+    np.testing.assert_allclose(average.shadow[name].numpy(), start[name] + 0.25, rtol=1e-6)
+    with average.applied():
+        np.testing.assert_allclose(model.state_dict()[name].numpy(), start[name] + 0.25, rtol=1e-6)
+    np.testing.assert_allclose(model.state_dict()[name].numpy(), start[name] + 1.0, rtol=1e-6)
+    again = train.WeightAverage(model, decay=0.75)
+    again.load(average.state())
+    np.testing.assert_allclose(again.shadow[name].numpy(), average.shadow[name].numpy())
+    assert isinstance(again.shadow[name], paddle.Tensor)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import math
 import pickle
 import random
 import time
@@ -134,10 +133,17 @@ def read_summary(run_dir: Path) -> pd.DataFrame:
         raise CompetitionError(f"{run_dir}: has no readable summary.csv; is it a finished run?") from None
 
 
+def best_row(summary: pd.DataFrame) -> Optional[pd.Series]:
+    """The summary row of the best validation accuracy; None when the run had no validation split."""
+    if summary["val_acc"].isna().all():
+        return None
+    return summary.loc[summary["val_acc"].idxmax()]
+
+
 def best_val_acc(run_dir: Path) -> Optional[float]:
     """The best validation accuracy of a run, None when it had no validation split."""
-    acc = read_summary(run_dir)["val_acc"].max()
-    return None if acc is None or math.isnan(acc) else float(acc)
+    best = best_row(read_summary(run_dir))
+    return None if best is None else float(best["val_acc"])
 
 
 def load_model(run_dir: Path) -> tuple[nn.Layer, Config]:

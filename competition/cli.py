@@ -16,7 +16,7 @@ import pandas as pd
 from . import checkpoint, parallel, report, submission
 from .bench import BenchSettings, run_bench
 from .config import OPTIMIZERS, PRESETS, SCHEDULES, Config, from_preset
-from .data import TRAIN_FILE, find_data_file, read_train_csv
+from .data import TRAIN_FILE, data_file, read_train_csv
 from .errors import CompetitionError, TrainingInterrupted
 from .models import MODELS, build_model
 from .predict import accuracy_on, load_test_table, predict_run
@@ -242,7 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if min(args.steps, args.warmup) < 1:
         raise CompetitionError("--steps and --warmup must be at least 1.")
     settings = BenchSettings(args.model, args.batch_size, args.steps, args.warmup, nproc, args.device)
-    train_path = Path(args.train) if args.train else find_data_file(TRAIN_FILE, args.data_dir)
+    train_path = data_file(TRAIN_FILE, args.train, args.data_dir)
     test_images = load_test_table(args.test, args.data_dir).images
     figures = run_bench(settings, train_path, test_images)
     torch = ("no PyTorch figure (not installed: pip install -e .[bench]; or no twin of this model)"
@@ -302,8 +302,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     """Write a grid of sample images with class names (train) or ids (test)."""
     if args.split == "train":
-        path = Path(args.file) if args.file else find_data_file(TRAIN_FILE, args.data_dir)
-        table = read_train_csv(path)
+        table = read_train_csv(data_file(TRAIN_FILE, args.file, args.data_dir))
     else:
         table = load_test_table(args.file, args.data_dir)
     out = Path(args.out or f"runs/{args.split}-sample.png")

@@ -72,6 +72,11 @@ def find_data_file(name: str, data_dir: Optional[str] = None) -> Path:
     raise CompetitionError(f"cannot find {name}; tried {', '.join(tried)}; {DOWNLOAD_HINT}.")
 
 
+def data_file(name: str, given: Optional[str] = None, data_dir: Optional[str] = None) -> Path:
+    """The file the user named (--train/--test), else the contest's `name` found in the search dirs."""
+    return Path(given) if given else find_data_file(name, data_dir)
+
+
 def read_train_csv(path: Path) -> ImageTable:
     """Read a labeled training CSV (`label` plus pixel1…pixel784)."""
     return _cached(Path(path), "train", lambda p: _read_csv(p, need_label=True, want_ids=False))

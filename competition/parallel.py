@@ -13,9 +13,14 @@ import paddle.distributed as dist
 WORKER = Path(__file__).with_name("worker.py")
 
 
+def has_gpu() -> bool:
+    """Whether this Paddle build has CUDA and sees at least one GPU."""
+    return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+
+
 def available_devices() -> int:
     """GPUs Paddle can see, else the CPU cores this process may use."""
-    if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+    if has_gpu():
         return paddle.device.cuda.device_count()
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -48,9 +53,8 @@ def init() -> None:
 
 def launch(worker_args: list[str], nproc: int, log_dir: Path, device: str) -> int:
     """Run `worker.py ARGS…` on nproc processes; each rank logs to log_dir/workerlog.N."""
-    command = [sys.executable, "-W", "ignore:No ccache found", "-m", "paddle.distributed.launch", "--log_level", "WARNING",
-               "--nproc_per_node", str(nproc),
-               "--log_dir", str(log_dir)]
+    command = [sys.executable, "-W", "ignore:No ccache found", "-m", "paddle.distributed.launch",
+               "--log_level", "WARNING", "--nproc_per_node", str(nproc), "--log_dir", str(log_dir)]
     if device == "gpu":
         command += ["--devices", ",".join(str(i) for i in range(nproc))]
     process = subprocess.Popen(command + [str(WORKER), *worker_args])

@@ -14,8 +14,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from . import checkpoint, submission
-from .data import SIDE, TEST_FILE, FashionMNIST, ImageTable, find_data_file, make_loader, read_test_csv
+from . import checkpoint, parallel, submission
+from .data import SIDE, TEST_FILE, FashionMNIST, ImageTable, data_file, make_loader, read_test_csv
 from .errors import CompetitionError
 from .models import N_CLASSES
 
@@ -36,8 +36,7 @@ class Submission:
 
 def load_test_table(test: Optional[str], data_dir: Optional[str] = None) -> ImageTable:
     """The test file named, or the contest's found in the data dirs."""
-    path = Path(test) if test else find_data_file(TEST_FILE, data_dir)
-    return read_test_csv(path)
+    return read_test_csv(data_file(TEST_FILE, test, data_dir))
 
 
 @paddle.no_grad()
@@ -91,7 +90,7 @@ def _inference_files(run_dir: Path) -> Optional[tuple[Path, Path]]:
 
 def _predictor(graph: Path, params: Path) -> paddle.inference.Predictor:
     config = paddle.inference.Config(str(graph), str(params))
-    if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+    if parallel.has_gpu():
         config.enable_use_gpu(256, 0)
     else:
         config.disable_gpu()

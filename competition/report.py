@@ -156,12 +156,12 @@ def plot_curves(summary: pd.DataFrame, steps: Optional[pd.DataFrame], out: Path)
                      linewidth=0.8, label="train (per step)")
     loss_ax.plot(epochs, summary["train_loss"], "o-", color="tab:blue", label="train")
     acc_ax.plot(epochs, summary["train_acc"], "o-", color="tab:blue", label="train")
-    if has_validation(summary):
+    best = checkpoint.best_row(summary)
+    if best is not None:
         loss_ax.plot(epochs, summary["val_loss"], "o-", color="tab:orange", label="validation")
         acc_ax.plot(epochs, summary["val_acc"], "o-", color="tab:orange", label="validation")
-        best = summary["val_acc"].idxmax()
-        acc_ax.plot(epochs[best], summary["val_acc"][best], "*", color="tab:red", markersize=14,
-                    label=f"best {summary['val_acc'][best]:.4f} (epoch {epochs[best]})")
+        acc_ax.plot(best["epoch"], best["val_acc"], "*", color="tab:red", markersize=14,
+                    label=f"best {best['val_acc']:.4f} (epoch {int(best['epoch'])})")
     else:
         acc_ax.set_title("no validation split: training curves only", fontsize=9)
     lr_ax.step(epochs, summary["lr"], where="mid", color="tab:green")
@@ -346,11 +346,10 @@ def _headline_rows(config: Config, summary: pd.DataFrame, n_params: int) -> list
     planned = f" of {config.epochs} planned" if epochs != config.epochs else ""  # an interrupted run
     rows = [["model", f"{config.model} ({n_params:,} parameters)"], ["epochs", f"{epochs}{planned}"],
             ["training time", f"{seconds:.1f} s ({seconds / max(epochs, 1):.1f} s per epoch)"]]
-    if has_validation(summary):
-        best = summary["val_acc"].idxmax()
-        rows.insert(0, ["best validation accuracy",
-                        f"**{summary['val_acc'][best]:.4f}** (epoch {int(summary['epoch'][best])})"])
-        rows.append(["validation loss at best", f"{summary['val_loss'][best]:.4f}"])
+    best = checkpoint.best_row(summary)
+    if best is not None:
+        rows.insert(0, ["best validation accuracy", f"**{best['val_acc']:.4f}** (epoch {int(best['epoch'])})"])
+        rows.append(["validation loss at best", f"{best['val_loss']:.4f}"])
     else:
         rows.insert(0, ["best validation accuracy", "none (no validation split)"])
     last = summary.iloc[-1]
@@ -400,8 +399,8 @@ def compare_runs(run_dirs: list[Path], out: Path) -> pd.DataFrame:
 
 def _compare_row(run_dir: Path, summary: pd.DataFrame) -> dict[str, Any]:
     config = Config.load(run_dir / "config.json")
-    best = summary["val_acc"].idxmax() if has_validation(summary) else None
+    best = checkpoint.best_row(summary)
     return {"run": run_dir.name, "model": config.model,
-            "best_epoch": math.nan if best is None else int(summary["epoch"][best]),
-            "best_val_acc": math.nan if best is None else float(summary["val_acc"][best]),
+            "best_epoch": math.nan if best is None else int(best["epoch"]),
+            "best_val_acc": math.nan if best is None else float(best["val_acc"]),
             "epochs": len(summary), "seconds": float(summary["seconds"].sum())}

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import checkpoint, parallel
 from .config import Config
 from .errors import CompetitionError, TrainingInterrupted
-from .data import TRAIN_FILE, Augment, FashionMNIST, ImageTable, find_data_file, make_loader, read_train_csv, stratified_split
+from .data import TRAIN_FILE, Augment, FashionMNIST, ImageTable, data_file, make_loader, read_train_csv, stratified_split
 from .models import build_model, count_parameters
 
 log = logging.getLogger("competition")
@@ -83,15 +83,15 @@ def run_result(run_dir: Path) -> RunResult:
     """What a finished run folder says about itself (for runs trained by other processes)."""
     summary = checkpoint.read_summary(Path(run_dir))
     history = summary.to_dict("records")
-    if summary["val_acc"].isna().all():
+    best = checkpoint.best_row(summary)
+    if best is None:
         return RunResult(Path(run_dir), history, None, int(summary["epoch"].iloc[-1]))
-    best = summary["val_acc"].idxmax()
-    return RunResult(Path(run_dir), history, float(summary["val_acc"][best]), int(summary["epoch"][best]))
+    return RunResult(Path(run_dir), history, float(best["val_acc"]), int(best["epoch"]))
 
 
 def select_device(choice: str = "auto") -> str:
     """'gpu' when Paddle has CUDA and sees a device (or it was asked for), else 'cpu'."""
-    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    has_gpu = parallel.has_gpu()
     if choice == "gpu" and not has_gpu:
         raise CompetitionError("--device gpu: this Paddle build has no CUDA support or sees no GPU; "
                                "install paddlepaddle-gpu (see README) or use --device cpu.")
@@ -110,8 +110,7 @@ def seed_everything(seed: int) -> None:
 
 def load_training_data(config: Config) -> Data:
     """The training table and its seeded, stratified (train, validation) indices."""
-    path = Path(config.train) if config.train else find_data_file(TRAIN_FILE, config.data_dir)
-    table = read_train_csv(path)
+    table = read_train_csv(data_file(TRAIN_FILE, config.train, config.data_dir))
     if config.rows:
         table = table.head(config.rows)
     train_idx, val_idx = stratified_split(table.labels, config.val_size, config.seed)

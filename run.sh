@@ -25,7 +25,10 @@ setup_env() {
     fi
     # The stamp records what was installed; a second run with the same
     # setup.cfg and device kind reuses the environment without touching pip.
-    local stamp="$VENV/.installed-$extra-$(cksum < setup.cfg | cut -d' ' -f1)"
+    # Headers of the oneDNN conv kernel (competition/kernels.cc); its library is the one in Paddle's wheel.
+    local headers
+    headers="$(sed -n 's/^HEADERS = "\(.*\)".*/\1/p' competition/kernels.py)"
+    local stamp="$VENV/.installed-$extra-$({ cat setup.cfg; echo "$headers"; } | cksum | cut -d' ' -f1)"
     [ -f "$stamp" ] && return 0
     local python="${PYTHON:-python3}"
     command -v "$python" >/dev/null 2>&1 || die "needs Python 3 ($python not found on PATH)."
@@ -38,6 +41,9 @@ setup_env() {
         || die "could not upgrade pip in $VENV (is the package index reachable?)."
     "$PY" -m pip install --quiet "${pipargs[@]}" -e ".[$extra,dev]" >&2 \
         || die "installing the package with [$extra,dev] failed (see pip's output above)."
+    # --no-deps: the headers alone (200 KB), not the 84 MB library wheel they name.
+    "$PY" -m pip install --quiet --no-deps "$headers" >&2 \
+        || echo "run.sh: could not install $headers; training will use Paddle's slower conv." >&2
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 }

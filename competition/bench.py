@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from . import checkpoint, parallel, predict
+from . import checkpoint, kernels, parallel, predict
 from .data import FashionMNIST, make_loader, read_train_csv
 from .errors import CompetitionError
 from .models import build_model
@@ -33,12 +33,13 @@ class BenchSettings:
     warmup: int = 5
     nproc: int = 1
     device: str = "auto"
+    conv: str = "auto"  # CPU conv kernel, as `train --conv`
 
 
 def paddle_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.ndarray) -> float:
     """Seconds per global training step, as `competition train` runs them (data-parallel when launched)."""
     parallel.init()
-    select_device(settings.device)
+    select_device(settings.device, settings.conv)
     rank, world = parallel.world()
     paddle.seed(0)
     model = build_model(settings.model)
@@ -128,6 +129,7 @@ def summarize(settings: BenchSettings, paddle_step: float, torch_step: Optional[
         "torch_epoch_s": None if torch_epoch is None else round(torch_epoch, 2),
         "ratio": None if torch_epoch is None else round(paddle_step * per_epoch / torch_epoch, 2),
         "predict_10k_s": round(predict_s, 3),
+        "paddle_conv_kernel": "onednn" if kernels.enabled() else "paddle",
         "paddle_version": paddle.__version__,
         "torch_version": _torch_version(),
     }
@@ -165,7 +167,8 @@ def _launched_step_seconds(settings: BenchSettings, train_path: Path, rows: int)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "paddle.json"
         args = ["bench", str(out), str(train_path), str(rows), json.dumps(asdict(settings))]
-        code = parallel.launch(args, settings.nproc, Path(folder) / "logs", select_device(settings.device))
+        code = parallel.launch(args, settings.nproc, Path(folder) / "logs",
+                               select_device(settings.device, settings.conv))
         if code != 0 or not out.exists():
             raise CompetitionError(f"the {settings.nproc}-process timing failed (exit {code}).")
         return json.loads(out.read_text())["paddle_step_s"]

@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import checkpoint, parallel, report, submission
 from .bench import BenchSettings, run_bench
-from .config import OPTIMIZERS, PRESETS, SCHEDULES, Config, from_preset
+from .config import CONV_CHOICES, OPTIMIZERS, PRESETS, SCHEDULES, Config, from_preset
 from .data import TRAIN_FILE, data_file, read_train_csv
 from .errors import CompetitionError, TrainingInterrupted
 from .models import MODELS, build_model
@@ -77,6 +77,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
     p.add_argument("--runs-dir", metavar="DIR", help=f"default {d.runs_dir}/")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="default auto")
+    p.add_argument("--conv", choices=CONV_CHOICES, help="CPU conv kernel: onednn (about 2x faster, "
+                   "compiled once), paddle (Paddle's own), auto (onednn when it builds; default)")
     p.add_argument("--nproc", type=int, metavar="N", help="data-parallel processes; the global batch and "
                    "learning rate stay the same (default: one per CPU core or GPU; env COMPETITION_NPROC)")
     p.set_defaults(func=cmd_train)
@@ -142,6 +144,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed steps first (default {d.warmup})")
     b.add_argument("--nproc", type=int, metavar="N", help="processes, as `train --nproc` (default: as train)")
     b.add_argument("--device", default=d.device, choices=("auto", "cpu", "gpu"), help="default auto")
+    b.add_argument("--conv", default=d.conv, choices=CONV_CHOICES, help="CPU conv kernel, as train --conv")
     b.add_argument("--train", metavar="FILE", help="training CSV (default: found in the data dirs)")
     b.add_argument("--test", metavar="FILE", help="test CSV for prediction timing (default: found)")
     b.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
@@ -194,7 +197,8 @@ def _train(run_dir: Path, config: Config, resume: bool, data=None) -> RunResult:
     if (config.nproc or 1) == 1:
         return train_run(run_dir, resume=resume, data=data)
     worker_args = ["train", str(run_dir)] + (["--resume"] if resume else [])
-    code = parallel.launch(worker_args, config.nproc, run_dir / "logs", select_device(config.device))
+    code = parallel.launch(worker_args, config.nproc, run_dir / "logs",
+                           select_device(config.device, config.conv))
     if code != 0:
         raise TrainingInterrupted(
             f"training stopped on one of its {config.nproc} processes (exit {code}; logs in {run_dir}/logs/); "
@@ -241,7 +245,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     build_model(args.model)
     if min(args.steps, args.warmup) < 1:
         raise CompetitionError("--steps and --warmup must be at least 1.")
-    settings = BenchSettings(args.model, args.batch_size, args.steps, args.warmup, nproc, args.device)
+    settings = BenchSettings(args.model, args.batch_size, args.steps, args.warmup, nproc, args.device, args.conv)
     train_path = data_file(TRAIN_FILE, args.train, args.data_dir)
     test_images = load_test_table(args.test, args.data_dir).images
     figures = run_bench(settings, train_path, test_images)
@@ -250,6 +254,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
              f"PyTorch {figures['torch_version']}: {figures['torch_epoch_s']:.1f} s/epoch; "
              f"Paddle/PyTorch {figures['ratio']:.2f}")
     print(f"{args.model}, batch {args.batch_size}: Paddle {figures['paddle_version']} x{nproc} "
+          f"({figures['paddle_conv_kernel']} conv) "
           f"{figures['paddle_epoch_s']:.1f} s per 60,000-image epoch; {torch}")
     print(f"prediction of {min(len(test_images), 10_000)} images (paddle.inference): {figures['predict_10k_s']:.3f} s")
     if args.json:

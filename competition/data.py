@@ -19,7 +19,7 @@ import pandas as pd
 import paddle
 
 from .errors import CompetitionError
-from .files import atomic_path
+from .files import atomic_path, user_cache_dir
 
 N_PIXELS = 784
 SIDE = 28
@@ -95,10 +95,9 @@ _CACHE_VERSION = 1
 
 def cache_paths(path: Path, kind: str) -> list[Path]:
     """Where a file's cache may live: beside it, else (read-only data folder) the user's cache folder."""
-    user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "competition"
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
     beside = [path.with_name(f"{path.name}.{kind}.npz")] if _writable(path.parent) else []
-    return beside + [user_cache / f"{path.name}.{digest}.{kind}.npz"]
+    return beside + [user_cache_dir() / f"{path.name}.{digest}.{kind}.npz"]
 
 
 def _writable(folder: Path) -> bool:

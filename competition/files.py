@@ -11,6 +11,11 @@ from typing import Iterator
 from .errors import CompetitionError
 
 
+def user_cache_dir() -> Path:
+    """The user's cache folder for this package ($XDG_CACHE_HOME or ~/.cache, then competition/)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "competition"
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only on success."""

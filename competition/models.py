@@ -7,9 +7,31 @@ from typing import Callable
 import paddle
 from paddle import nn
 
+from . import kernels
 from .errors import CompetitionError
 
 N_CLASSES = 10
+
+
+class Conv2D(nn.Conv2D):
+    """paddle.nn.Conv2D whose CPU training runs the oneDNN kernel while kernels.use() has it on.
+
+    Same parameters and checkpoints; exported and GPU graphs use Paddle's own conv.
+    """
+
+    def __init__(self, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        stride, padding = self._stride, self._updated_padding
+        self._onednn = (self.bias is None and self._groups == 1 and self._dilation == [1, 1]
+                        and self._data_format == "NCHW" and self._padding_mode == "zeros"
+                        and self._padding_algorithm == "EXPLICIT"
+                        and stride[0] == stride[1] and len(padding) == 2 and padding[0] == padding[1])
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """The convolution; through oneDNN in dynamic mode on the CPU when enabled."""
+        if self._onednn and kernels.enabled() and paddle.in_dynamic_mode() and x.place.is_cpu_place():
+            return kernels.conv2d(x, self.weight, self._stride[0], self._updated_padding[0])
+        return super().forward(x)
 
 
 def build_fc() -> nn.Layer:
@@ -40,7 +62,7 @@ def build_cnn() -> nn.Layer:
 
     def block(c_in: int, c_out: int, k: int, pad: int = 0) -> list[nn.Layer]:
         # BatchNorm's shift makes a conv bias redundant; dropping it saves ~29% of a CPU step.
-        return [nn.Conv2D(c_in, c_out, k, padding=pad, bias_attr=False), nn.BatchNorm2D(c_out), nn.ReLU()]
+        return [Conv2D(c_in, c_out, k, padding=pad, bias_attr=False), nn.BatchNorm2D(c_out), nn.ReLU()]
 
     return nn.Sequential(
         *block(1, 16, 5, pad=2),
@@ -58,15 +80,15 @@ class BasicBlock(nn.Layer):
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2D(c_in, c_out, 3, stride=stride, padding=1, bias_attr=False)
+        self.conv1 = Conv2D(c_in, c_out, 3, stride=stride, padding=1, bias_attr=False)
         self.bn1 = nn.BatchNorm2D(c_out)
-        self.conv2 = nn.Conv2D(c_out, c_out, 3, padding=1, bias_attr=False)
+        self.conv2 = Conv2D(c_out, c_out, 3, padding=1, bias_attr=False)
         self.bn2 = nn.BatchNorm2D(c_out)
         self.relu = nn.ReLU()
         # Identity as a layer, not an `if` in forward(): the graph stays the same for paddle.jit.save.
         self.shortcut: nn.Layer = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2D(c_in, c_out, 1, stride=stride, bias_attr=False),
+            self.shortcut = nn.Sequential(Conv2D(c_in, c_out, 1, stride=stride, bias_attr=False),
                                           nn.BatchNorm2D(c_out))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -81,7 +103,7 @@ def build_resnet(width: int = 32, depth: int = 2) -> nn.Layer:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise CompetitionError(f"resnet {option} must be a whole number of at least 1, got {value!r}.")
     # No conv bias anywhere: each conv feeds a BatchNorm, whose shift replaces it.
-    layers: list[nn.Layer] = [nn.Conv2D(1, width, 3, padding=1, bias_attr=False),
+    layers: list[nn.Layer] = [Conv2D(1, width, 3, padding=1, bias_attr=False),
                               nn.BatchNorm2D(width), nn.ReLU()]
     c_in = width
     for stage, c_out in enumerate((width, 2 * width, 4 * width)):

@@ -19,7 +19,7 @@ import paddle.nn.functional as F
 from paddle import nn
 from tqdm import tqdm
 
-from . import checkpoint, parallel
+from . import checkpoint, kernels, parallel
 from .config import Config
 from .errors import CompetitionError, TrainingInterrupted
 from .data import TRAIN_FILE, Augment, FashionMNIST, ImageTable, data_file, make_loader, read_train_csv, stratified_split
@@ -89,8 +89,11 @@ def run_result(run_dir: Path) -> RunResult:
     return RunResult(Path(run_dir), history, float(best["val_acc"]), int(best["epoch"]))
 
 
-def select_device(choice: str = "auto") -> str:
-    """'gpu' when Paddle has CUDA and sees a device (or it was asked for), else 'cpu'."""
+def select_device(choice: str = "auto", conv: str = "auto") -> str:
+    """'gpu' when Paddle has CUDA and sees a device (or it was asked for), else 'cpu'.
+
+    On the CPU, `conv` (auto | onednn | paddle) also picks the conv layers' kernel.
+    """
     has_gpu = parallel.has_gpu()
     if choice == "gpu" and not has_gpu:
         raise CompetitionError("--device gpu: this Paddle build has no CUDA support or sees no GPU; "
@@ -98,6 +101,7 @@ def select_device(choice: str = "auto") -> str:
     device = ("gpu" if has_gpu else "cpu") if choice == "auto" else choice
     # Each rank of a multi-GPU run uses the GPU the launcher gave it.
     paddle.set_device(f"gpu:{parallel.local_device_id()}" if device == "gpu" and parallel.is_worker() else device)
+    kernels.use(conv, device)
     return device
 
 
@@ -222,7 +226,7 @@ def prepare_run(config: Config) -> tuple[Path, Data]:
     Everything that can be refused is refused before the folder exists.
     """
     config.validate()
-    select_device(config.device)  # a missing GPU fails before the folder exists
+    select_device(config.device, config.conv)  # a missing GPU (or --conv onednn's kernel) fails before the folder exists
     build_model(config.model, **config.model_options())  # a bad model fails before the data is read
     data = load_training_data(config)
     run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
@@ -245,7 +249,7 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[Data] = None) 
     """Train the run folder's configuration, alone or as one rank of several processes."""
     config = Config.load(Path(run_dir) / "config.json").validate()
     parallel.init()
-    device = select_device(config.device)
+    device = select_device(config.device, config.conv)
     seed_everything(config.seed)
     with _stable_names():
         model = build_model(config.model, **config.model_options())

@@ -28,7 +28,8 @@ def repo(tmp_path: Path) -> Path:
     """A copy of run.sh and setup.cfg whose .venv/bin/python only records its arguments."""
     root = tmp_path / "repo"
     root.mkdir()
-    for name in ("run.sh", "setup.cfg"):
+    for name in ("run.sh", "setup.cfg", "competition/kernels.py"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
     _executable(root / ".venv" / "bin" / "python", FAKE_PYTHON)
     return root
@@ -55,6 +56,16 @@ def test_installs_cpu_extra_once_then_reuses_the_environment(repo: Path) -> None
     (repo / "calls.log").unlink()
     assert run_sh(repo, "--epochs", "1").returncode == 0
     assert not any("pip" in c for c in calls(repo))
+
+
+def test_installs_the_kernel_headers_alone_and_goes_on_without_them(repo: Path) -> None:
+    from competition.kernels import HEADERS
+
+    headers = f"-m pip install --quiet --no-deps {HEADERS}"
+    result = run_sh(repo, "--epochs", "1", FAKE_FAIL=headers)
+    assert headers in calls(repo)
+    assert result.returncode == 0 and "Paddle's slower conv" in result.stderr
+    assert calls(repo)[-2:] == ["-m competition train --epochs 1", "-m competition predict"]
 
 
 def test_gpu_machine_installs_the_gpu_extra_from_paddles_index(repo: Path) -> None:

@@ -1,0 +1,125 @@
+"""oneDNN convolutions for CPU training: kernels.cc, compiled once as a Paddle custom operator.
+
+Paddle's own CPU conv kernel is the slow part of a training step (BENCHMARKS.md: ~80% of a
+cnn step, 2.2x PyTorch's epoch time); the oneDNN primitives in kernels.cc halve a step. The
+library is the libdnnl inside Paddle's wheel; its C++ headers come from the `onednn-devel`
+wheel, which run.sh installs. Without a compiler or headers, training uses Paddle's conv.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import sys
+import sysconfig
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator, Optional
+
+import paddle
+
+from .errors import CompetitionError
+from .files import user_cache_dir
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.cc")
+# Headers only (pip install --no-deps): the library itself is the one in Paddle's wheel.
+HEADERS = "onednn-devel==2025.0.1"
+
+_module: Optional[ModuleType] = None  # the loaded operator module, once use() succeeded
+_enabled = False
+
+
+def headers_dir() -> Optional[Path]:
+    """The include folder holding oneapi/dnnl/dnnl.hpp, or None."""
+    roots = {sysconfig.get_paths()["data"], sys.prefix, sys.base_prefix}
+    found = [Path(root) / "include" for root in roots if (Path(root) / "include/oneapi/dnnl/dnnl.hpp").is_file()]
+    return found[0] if found else None
+
+
+def build_dir() -> Path:
+    """Where the compiled operator lives: keyed by the source and the Paddle build it links to."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + paddle.version.full_version.encode()
+                            + paddle.version.commit.encode()).hexdigest()[:12]
+    return user_cache_dir() / "kernels" / digest
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """One process builds at a time (the ranks of a launched run start together)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout/stderr (and the compiler's) to a file for the block's duration."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "a") as sink:
+        os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+
+
+def load() -> ModuleType:
+    """Compile (first time only, ~15 s) and load the operator; CompetitionError says why it can't."""
+    global _module
+    if _module is not None:
+        return _module
+    include = headers_dir()
+    if include is None:
+        raise CompetitionError(f"the oneDNN headers are missing (pip install --no-deps '{HEADERS}').")
+    folder = build_dir()
+    from paddle.utils.cpp_extension import load as load_extension  # imports setuptools: only when needed
+
+    libs = Path(paddle.__file__).parent / "libs"
+    with _build_lock(folder):
+        if not (folder / "onednn_kernels" / "onednn_kernels.so").exists():
+            log.info("compiling the oneDNN conv kernel into %s (once, about 15 s)", folder)
+        with _output_to(folder / "build.log"):
+            try:
+                _module = load_extension(
+                    name="onednn_kernels", sources=[str(SOURCE)], build_directory=str(folder),
+                    extra_include_paths=[str(include)], extra_cxx_cflags=["-O2"],
+                    extra_ldflags=[f"-L{libs}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libs}"])
+            except (RuntimeError, OSError, ImportError) as exc:
+                raise CompetitionError(f"the oneDNN conv kernel did not build ({exc}); "
+                                       f"see {folder / 'build.log'}.") from None
+    return _module
+
+
+def use(choice: str, device: str) -> bool:
+    """Turn the oneDNN conv on or off for this process's CPU training: choice auto | onednn | paddle."""
+    global _enabled
+    _enabled = False
+    if choice == "paddle" or device != "cpu":
+        return False
+    try:
+        load()
+    except CompetitionError as exc:
+        if choice == "onednn":
+            raise
+        log.warning("training with Paddle's slower conv: %s", exc)
+        return False
+    _enabled = True
+    return True
+
+
+def enabled() -> bool:
+    """Whether conv layers in dynamic mode run the oneDNN kernel."""
+    return _enabled
+
+
+def conv2d(x: paddle.Tensor, weight: paddle.Tensor, stride: int, padding: int) -> paddle.Tensor:
+    """oneDNN conv of NCHW float32 `x` with `weight` (out, in, kh, kw); no bias, dilation or groups."""
+    return load().onednn_conv2d(x, weight, stride, padding, not x.stop_gradient)

@@ -1,0 +1,85 @@
+"""The oneDNN conv kernel: same values and gradients as Paddle's conv; a clear fallback without it."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from competition import kernels
+from competition.errors import CompetitionError
+from competition.models import build_model
+
+# (batch, in, size, out, kernel, stride, padding): the cnn's three convs and resnet's strided ones.
+SHAPES = [(4, 1, 28, 16, 5, 1, 2), (3, 16, 14, 32, 3, 1, 0), (2, 32, 12, 64, 3, 1, 0),
+          (2, 16, 28, 32, 3, 2, 1), (2, 16, 28, 32, 1, 2, 0)]
+
+
+@pytest.fixture
+def onednn():
+    """The kernel switched on for the test (run.sh installs its headers), off again afterwards."""
+    paddle.set_device("cpu")
+    assert kernels.use("onednn", "cpu")
+    yield
+    kernels.use("paddle", "cpu")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_values_and_gradients_match_paddles_conv(onednn, shape) -> None:
+    n, c, size, out, k, stride, pad = shape
+    paddle.seed(0)
+    x = paddle.randn([n, c, size, size])
+    w = paddle.randn([out, c, k, k])
+    results, upstream = [], None
+    for conv in (lambda: kernels.conv2d(x, w, stride, pad), lambda: F.conv2d(x, w, stride=stride, padding=pad)):
+        x.stop_gradient = w.stop_gradient = False
+        y = conv()
+        upstream = paddle.randn(y.shape) if upstream is None else upstream  # not all ones, same for both
+        (y * upstream).sum().backward()
+        results.append([y.numpy(), x.grad.numpy(), w.grad.numpy()])
+        x.clear_gradient(), w.clear_gradient()
+    for ours, theirs in zip(*results):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_input_gradient_is_skipped_for_images(onednn) -> None:
+    x = paddle.randn([2, 1, 28, 28])  # images: stop_gradient, as the loader gives them
+    w = paddle.randn([16, 1, 5, 5])
+    w.stop_gradient = False
+    kernels.conv2d(x, w, 1, 2).sum().backward()
+    assert x.grad is None and w.grad is not None
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet"])
+def test_models_get_the_same_gradients_either_way(model: str) -> None:
+    paddle.set_device("cpu")
+    x = paddle.rand([8, 1, 28, 28])
+    y = paddle.randint(0, 10, [8])
+    grads = []
+    for choice in ("onednn", "paddle"):
+        kernels.use(choice, "cpu")
+        paddle.seed(0)
+        net = build_model(model, **({"width": 8, "depth": 1} if model == "resnet" else {}))
+        F.cross_entropy(net(x), y).backward()
+        grads.append({name: p.grad.numpy() for name, p in net.named_parameters() if not p.stop_gradient})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_without_headers_auto_falls_back_and_onednn_refuses(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "headers_dir", lambda: None)
+    with caplog.at_level(logging.WARNING, logger="competition.kernels"):
+        assert kernels.use("auto", "cpu") is False
+    assert "Paddle's slower conv" in caplog.text and kernels.HEADERS in caplog.text
+    assert not kernels.enabled()
+    with pytest.raises(CompetitionError, match="oneDNN headers are missing"):
+        kernels.use("onednn", "cpu")
+
+
+def test_gpu_and_paddle_choices_leave_the_kernel_off(onednn) -> None:
+    assert kernels.use("auto", "gpu") is False and not kernels.enabled()
+    assert kernels.use("paddle", "cpu") is False and not kernels.enabled()

@@ -34,8 +34,9 @@ class Config:
     flip: bool = False  # random horizontal mirror (never vertical: clothes have an up)
     erase: float = 0.0  # probability of random erasing of a rectangle
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off; try 0.999)
-    width: Optional[int] = None  # model options (resnet)
-    depth: Optional[int] = None
+    width: Optional[int] = None  # model options: channels of the first conv (cnn, resnet)
+    depth: Optional[int] = None  # residual blocks per stage (resnet)
+    hidden: Optional[int] = None  # hidden fully connected units before the classifier (cnn)
     preset: Optional[str] = None  # the preset the other values started from
     train: Optional[str] = None  # training CSV; None: looked up in the data dirs
     data_dir: Optional[str] = None
@@ -110,7 +111,8 @@ class Config:
 
     def model_options(self) -> dict[str, int]:
         """Keyword options for the model builder (only those that were set)."""
-        return {k: v for k, v in (("width", self.width), ("depth", self.depth)) if v is not None}
+        options = (("width", self.width), ("depth", self.depth), ("hidden", self.hidden))
+        return {k: v for k, v in options if v is not None}
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -123,15 +125,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # about 2 minutes: three epochs of the small CNN with a one-cycle schedule
     "quick": {"model": "cnn", "epochs": 3, "batch_size": 256, "optimizer": "adam", "lr": 0.01,
               "schedule": "onecycle", "flip": True},
-    # about 10 minutes: more epochs, crops and flips, AdamW with cosine decay
-    "default": {"model": "cnn", "epochs": 15, "batch_size": 256, "optimizer": "adamw", "lr": 0.005,
-                "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 1, "flip": True,
+    # under 10 minutes with set-up (bash run.sh): the cnn with a hidden layer, 25 epochs,
+    # crops and flips, AdamW with cosine decay (93.6% on a 10,000-row split after 30 epochs)
+    "default": {"model": "cnn", "hidden": 256, "epochs": 25, "batch_size": 256, "optimizer": "adamw",
+                "lr": 0.005, "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 1, "flip": True,
                 "crop_pad": 2, "label_smoothing": 0.1},
-    # the strongest recipe: a residual network with the full augmentation set
-    "best": {"model": "resnet", "width": 32, "depth": 2, "epochs": 40, "batch_size": 128,
+    # under an hour on 2 CPU cores: a residual network, SGD with cosine decay, the full augmentation set
+    "best": {"model": "resnet", "width": 32, "depth": 1, "epochs": 25, "batch_size": 128,
              "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine",
-             "warmup_epochs": 2, "flip": True, "crop_pad": 2, "erase": 0.5, "label_smoothing": 0.1,
-             "ema": 0.999},
+             "warmup_epochs": 1, "flip": True, "crop_pad": 2, "erase": 0.25, "label_smoothing": 0.1},
 }
 
 

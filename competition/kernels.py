@@ -1,4 +1,4 @@
-"""oneDNN convolutions for CPU training: kernels.cc, compiled once as a Paddle custom operator.
+"""CPU training kernels (oneDNN convs, 2x2 max pooling): kernels.cc, compiled once as Paddle custom ops.
 
 Paddle's own CPU conv kernel is the slow part of a training step (BENCHMARKS.md: ~80% of a
 cnn step, 2.2x PyTorch's epoch time); the oneDNN primitives in kernels.cc halve a step. The
@@ -116,10 +116,15 @@ def use(choice: str, device: str) -> bool:
 
 
 def enabled() -> bool:
-    """Whether conv layers in dynamic mode run the oneDNN kernel."""
+    """Whether conv and 2x2 max-pool layers in dynamic mode run these kernels."""
     return _enabled
 
 
 def conv2d(x: paddle.Tensor, weight: paddle.Tensor, stride: int, padding: int) -> paddle.Tensor:
     """oneDNN conv of NCHW float32 `x` with `weight` (out, in, kh, kw); no bias, dilation or groups."""
     return load().onednn_conv2d(x, weight, stride, padding, not x.stop_gradient)
+
+
+def max_pool2x2(x: paddle.Tensor) -> paddle.Tensor:
+    """2x2 max pooling with stride 2 of NCHW float32 `x` (odd sizes floor, as Paddle's)."""
+    return load().max_pool2x2(x)[0]

@@ -44,6 +44,22 @@ def test_values_and_gradients_match_paddles_conv(onednn, shape) -> None:
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(2, 16, 28, 28), (3, 64, 10, 10), (2, 3, 7, 9)], ids=str)
+def test_max_pool_matches_paddles_including_ties_and_odd_sizes(onednn, shape) -> None:
+    paddle.seed(1)
+    x = F.relu(paddle.randn(shape))  # half zeros: many windows tie, as after a ReLU
+    results, upstream = [], None
+    for pool in (kernels.max_pool2x2, lambda t: F.max_pool2d(t, 2)):
+        x.stop_gradient = False
+        y = pool(x)
+        upstream = paddle.randn(y.shape) if upstream is None else upstream
+        (y * upstream).sum().backward()
+        results.append([y.numpy(), x.grad.numpy()])
+        x.clear_gradient()
+    for ours, theirs in zip(*results):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 def test_input_gradient_is_skipped_for_images(onednn) -> None:
     x = paddle.randn([2, 1, 28, 28])  # images: stop_gradient, as the loader gives them
     w = paddle.randn([16, 1, 5, 5])

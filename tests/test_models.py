@@ -80,8 +80,9 @@ def test_resnet_stages_end_at_seven_pixels_with_four_times_the_width_and_no_conv
 
 
 @pytest.mark.parametrize("name, options, fragment", [
-    ("cnn", {"width": 16}, "model 'cnn' takes no option 'width'; resnet takes width, depth."),
-    ("resnet", {"widht": 16}, "model 'resnet' takes no option 'widht'; resnet takes width, depth."),
+    ("cnn", {"depth": 2}, "model 'cnn' takes no option 'depth'; cnn takes width, hidden; resnet takes width, depth."),
+    ("resnet", {"widht": 16}, "model 'resnet' takes no option 'widht'; cnn takes width, hidden; "
+                              "resnet takes width, depth."),
 ])
 def test_an_option_the_builder_does_not_take_is_named(name: str, options: dict, fragment: str) -> None:
     with pytest.raises(CompetitionError, match=fragment):
@@ -97,3 +98,20 @@ def test_an_option_the_builder_does_not_take_is_named(name: str, options: dict, 
 def test_impossible_resnet_sizes_are_refused(options: dict, fragment: str) -> None:
     with pytest.raises(CompetitionError, match=fragment):
         build_model("resnet", **options)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"width": 0}, "cnn width must be a whole number of at least 1, got 0."),
+    ({"hidden": -1}, "cnn hidden must be a whole number of at least 0, got -1."),
+])
+def test_impossible_cnn_sizes_are_refused(options: dict, fragment: str) -> None:
+    with pytest.raises(CompetitionError, match=fragment):
+        build_model("cnn", **options)
+
+
+def test_cnn_width_and_hidden_layer_change_the_model_not_its_output_shape() -> None:
+    x = paddle.rand([2, 1, 28, 28])
+    for options, params in (({}, 39_674), ({"hidden": 256}, 436_090), ({"width": 8}, 14_082)):
+        model = build_model("cnn", **options)
+        assert count_parameters(model) == params, options
+        assert model(x).shape == [2, 10]

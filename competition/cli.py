@@ -78,8 +78,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
     p.add_argument("--runs-dir", metavar="DIR", help=f"default {d.runs_dir}/")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="default auto")
-    p.add_argument("--conv", choices=CONV_CHOICES, help="CPU conv kernel: onednn (about 2x faster, "
-                   "compiled once), paddle (Paddle's own), auto (onednn when it builds; default)")
+    p.add_argument("--conv", choices=CONV_CHOICES, help="CPU conv and 2x2 max-pool kernels: onednn "
+                   "(kernels.cc: about 2x faster, compiled once), paddle (Paddle's own), "
+                   "auto (onednn when it builds; default)")
     p.add_argument("--nproc", type=int, metavar="N", help="data-parallel processes; the global batch and "
                    "learning rate stay the same (default: one per CPU core or GPU; env COMPETITION_NPROC)")
     p.set_defaults(func=cmd_train)

@@ -45,8 +45,8 @@ class Config:
     # Data-parallel processes; each takes batch_size / nproc rows of every batch.
     # None: one per core (CPU) or GPU, resolved by the CLI before the run starts.
     nproc: Optional[int] = None
-    # CPU conv layers: onednn (the compiled kernel in kernels.cc), paddle (Paddle's own), or
-    # auto (onednn when it builds, else paddle). Same arithmetic; the kernel is ~2x faster.
+    # CPU conv and 2x2 max-pool layers: onednn (the compiled kernels of kernels.cc), paddle
+    # (Paddle's own), or auto (onednn when they build, else paddle). Same results, ~2x faster.
     conv: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, e.g. the command line
 

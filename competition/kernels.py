@@ -8,7 +8,6 @@ wheel, which run.sh installs. Without a compiler or headers, training uses Paddl
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -28,6 +27,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels.cc")
 # Headers only (pip install --no-deps): the library itself is the one in Paddle's wheel.
 HEADERS = "onednn-devel==2025.0.1"
+_PADDLE_LIBS = Path(paddle.__file__).parent / "libs"  # libdnnl.so.3 ships here
 
 _module: Optional[ModuleType] = None  # the loaded operator module, once use() succeeded
 _enabled = False
@@ -35,7 +35,7 @@ _enabled = False
 
 def headers_dir() -> Optional[Path]:
     """The include folder holding oneapi/dnnl/dnnl.hpp, or None."""
-    roots = {sysconfig.get_paths()["data"], sys.prefix, sys.base_prefix}
+    roots = dict.fromkeys((sysconfig.get_paths()["data"], sys.prefix, sys.base_prefix))  # in order, once
     found = [Path(root) / "include" for root in roots if (Path(root) / "include/oneapi/dnnl/dnnl.hpp").is_file()]
     return found[0] if found else None
 
@@ -50,6 +50,8 @@ def build_dir() -> Path:
 @contextlib.contextmanager
 def _build_lock(folder: Path) -> Iterator[None]:
     """One process builds at a time (the ranks of a launched run start together)."""
+    import fcntl  # POSIX only; load() refuses other systems first
+
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -76,30 +78,30 @@ def load() -> ModuleType:
     global _module
     if _module is not None:
         return _module
+    if not sys.platform.startswith("linux"):
+        raise CompetitionError(f"the CPU kernels are built on Linux only (this is {sys.platform}).")
     include = headers_dir()
     if include is None:
         raise CompetitionError(f"the oneDNN headers are missing (pip install --no-deps '{HEADERS}').")
     folder = build_dir()
     from paddle.utils.cpp_extension import load as load_extension  # imports setuptools: only when needed
 
-    libs = Path(paddle.__file__).parent / "libs"
-    with _build_lock(folder):
-        if not (folder / "onednn_kernels" / "onednn_kernels.so").exists():
-            log.info("compiling the oneDNN conv kernel into %s (once, about 15 s)", folder)
-        with _output_to(folder / "build.log"):
-            try:
+    try:
+        with _build_lock(folder):
+            if not (folder / "onednn_kernels" / "onednn_kernels.so").exists():
+                log.info("compiling the CPU kernels into %s (once, about 15 s)", folder)
+            with _output_to(folder / "build.log"):
                 _module = load_extension(
                     name="onednn_kernels", sources=[str(SOURCE)], build_directory=str(folder),
                     extra_include_paths=[str(include)], extra_cxx_cflags=["-O2"],
-                    extra_ldflags=[f"-L{libs}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libs}"])
-            except (RuntimeError, OSError, ImportError) as exc:
-                raise CompetitionError(f"the oneDNN conv kernel did not build ({exc}); "
-                                       f"see {folder / 'build.log'}.") from None
+                    extra_ldflags=[f"-L{_PADDLE_LIBS}", "-l:libdnnl.so.3", f"-Wl,-rpath,{_PADDLE_LIBS}"])
+    except (RuntimeError, OSError, ImportError) as exc:  # no compiler, a failed build, an unwritable cache
+        raise CompetitionError(f"the CPU kernels did not build ({exc}); see {folder / 'build.log'}.") from None
     return _module
 
 
 def use(choice: str, device: str) -> bool:
-    """Turn the oneDNN conv on or off for this process's CPU training: choice auto | onednn | paddle."""
+    """Turn the kernels on or off for this process's CPU training: choice auto | onednn | paddle."""
     global _enabled
     _enabled = False
     if choice == "paddle" or device != "cpu":
@@ -109,7 +111,7 @@ def use(choice: str, device: str) -> bool:
     except CompetitionError as exc:
         if choice == "onednn":
             raise
-        log.warning("training with Paddle's slower conv: %s", exc)
+        log.warning("training with Paddle's slower conv and pooling: %s", exc)
         return False
     _enabled = True
     return True

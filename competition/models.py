@@ -13,6 +13,12 @@ from .errors import CompetitionError
 N_CLASSES = 10
 
 
+def _kernel_input(x: paddle.Tensor) -> bool:
+    """Whether kernels.cc may take `x`: kernels on, dynamic mode, a float32 NCHW tensor on the CPU."""
+    return (kernels.enabled() and paddle.in_dynamic_mode() and x.place.is_cpu_place()
+            and x.dtype == paddle.float32 and x.ndim == 4)
+
+
 class Conv2D(nn.Conv2D):
     """paddle.nn.Conv2D whose CPU training runs the oneDNN kernel while kernels.use() has it on.
 
@@ -29,7 +35,7 @@ class Conv2D(nn.Conv2D):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """The convolution; through oneDNN in dynamic mode on the CPU when enabled."""
-        if self._onednn and kernels.enabled() and paddle.in_dynamic_mode() and x.place.is_cpu_place():
+        if self._onednn and _kernel_input(x):
             return kernels.conv2d(x, self.weight, self._stride[0], self._updated_padding[0])
         return super().forward(x)
 
@@ -41,7 +47,7 @@ class MaxPool2D(nn.MaxPool2D):
         """The pooling; through the kernel in dynamic mode on the CPU when enabled."""
         plain = (self.ksize in (2, [2, 2]) and self.stride in (None, 2, [2, 2]) and self.padding in (0, [0, 0])
                  and not self.ceil_mode and not self.return_mask and self.data_format == "NCHW")
-        if plain and kernels.enabled() and paddle.in_dynamic_mode() and x.place.is_cpu_place():
+        if plain and _kernel_input(x):
             return kernels.max_pool2x2(x)
         return super().forward(x)
 

@@ -226,7 +226,7 @@ def prepare_run(config: Config) -> tuple[Path, Data]:
     Everything that can be refused is refused before the folder exists.
     """
     config.validate()
-    select_device(config.device, config.conv)  # a missing GPU (or --conv onednn's kernel) fails before the folder exists
+    select_device(config.device, config.conv)  # a missing GPU (or --conv onednn kernel) fails here
     build_model(config.model, **config.model_options())  # a bad model fails before the data is read
     data = load_training_data(config)
     run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
@@ -285,8 +285,9 @@ def _train(config: Config, run_dir: Path, device: str, model: nn.Layer, data: Da
         if rank == 0:
             checkpoint.save_state(run_dir, model, optimizer, progress)  # an interrupted epoch 1 can resume
     with _rank_logging(run_dir, rank), _signals_interrupt():
-        log.info("%s on %s x%d (Paddle %s); run folder: %s", "resuming after epoch %d" % progress["epoch"]
-                 if resuming else "training", device, world, paddle.__version__, run_dir)
+        log.info("%s on %s x%d (Paddle %s%s); run folder: %s", "resuming after epoch %d" % progress["epoch"]
+                 if resuming else "training", device, world, paddle.__version__,
+                 ", conv and pool kernels of kernels.cc" if kernels.enabled() else "", run_dir)
         log.info("data: %s, %d training rows, %d validation rows", table.path, len(train_idx), len(val_idx))
         if rank == 0:
             log.info("model %s, %d parameters\n%s", config.model, count_parameters(model), model_summary(model))

@@ -8,7 +8,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from competition import kernels
+from competition import checkpoint, kernels, predict
 from competition.errors import CompetitionError
 from competition.models import build_model
 
@@ -85,6 +85,18 @@ def test_models_get_the_same_gradients_either_way(model: str) -> None:
         np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.parametrize("model, options", [("cnn", {"hidden": 32}), ("resnet", {"width": 8, "depth": 1})])
+def test_export_uses_paddles_ops_and_agrees_with_the_kernels(onednn, tmp_path, model: str, options: dict) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (64, 784), dtype=np.uint8)
+    net = build_model(model, **options)
+    net.eval()
+    checkpoint.save_inference(net, tmp_path)
+    exported = predict.run_predictor(predict.load_predictor(tmp_path), images)
+    np.testing.assert_allclose(exported, predict.predict_probs(net, images), atol=1e-5)
+    graph = (tmp_path / "inference.json").read_text()
+    assert '.conv2d"' in graph and "onednn_conv2d" not in graph and "max_pool2x2" not in graph
+
+
 def test_without_headers_auto_falls_back_and_onednn_refuses(monkeypatch, caplog) -> None:
     monkeypatch.setattr(kernels, "_module", None)
     monkeypatch.setattr(kernels, "headers_dir", lambda: None)
@@ -96,6 +108,31 @@ def test_without_headers_auto_falls_back_and_onednn_refuses(monkeypatch, caplog)
         kernels.use("onednn", "cpu")
 
 
+def test_other_systems_train_with_paddles_ops(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels.sys, "platform", "win32")
+    with caplog.at_level(logging.WARNING, logger="competition.kernels"):
+        assert kernels.use("auto", "cpu") is False
+    assert "Linux only (this is win32)" in caplog.text
+
+
 def test_gpu_and_paddle_choices_leave_the_kernel_off(onednn) -> None:
     assert kernels.use("auto", "gpu") is False and not kernels.enabled()
     assert kernels.use("paddle", "cpu") is False and not kernels.enabled()
+
+
+def test_an_unwritable_cache_or_a_failed_compile_falls_back_with_the_reason(monkeypatch, tmp_path, caplog) -> None:
+    monkeypatch.setattr(kernels, "_module", None)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(kernels, "build_dir", lambda: tmp_path / "a-file" / "kernels")
+    with caplog.at_level(logging.WARNING, logger="competition.kernels"):
+        assert kernels.use("auto", "cpu") is False
+    assert "did not build" in caplog.text
+
+    broken = tmp_path / "kernels.cc"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(kernels, "SOURCE", broken)
+    monkeypatch.setattr(kernels, "build_dir", lambda: tmp_path / "build")
+    with pytest.raises(CompetitionError, match="did not build .*build.log"):
+        kernels.use("onednn", "cpu")
+    assert (tmp_path / "build" / "build.log").is_file() and not kernels.enabled()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import paddle
 import pytest
 
 from competition import train
@@ -12,12 +13,14 @@ from competition.cli import main
 from competition.config import PRESETS, Config, from_preset
 from competition.data import Augment, FashionMNIST
 from competition.errors import CompetitionError
+from competition.models import build_model
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_each_preset_resolves_to_a_valid_configuration(name: str) -> None:
     config = from_preset(name).validate()
     assert config.preset == name and config.epochs >= 1
+    assert build_model(config.model, **config.model_options())(paddle.rand([2, 1, 28, 28])).shape == [2, 10]
     overridden = from_preset(name, epochs=1, lr=0.123)
     assert overridden.epochs == 1 and overridden.lr == 0.123 and overridden.model == PRESETS[name]["model"]
 

@@ -146,7 +146,8 @@ PD_BUILD_GRAD_OP(onednn_conv2d)
     .SetKernelFn(PD_KERNEL(ConvBackward));
 
 // 2x2 max pooling with stride 2 (floor), NCHW float32. Paddle's CPU pool2d_grad took ~15% of a
-// cnn step once the convs ran through oneDNN; these loops do forward and backward in ~1 ms.
+// cnn step once the convs ran through oneDNN; forward + backward of a 128x16x28x28 batch (with a
+// sum and its gradient) measured 7.6 ms with these loops against 11.6 ms with Paddle's pool2d.
 // Forward also returns which of the four inputs won (0..3, the first on ties, as Paddle does).
 std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x_in) {
   auto x = x_in.contiguous();

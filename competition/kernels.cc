@@ -22,6 +22,9 @@ using dt = dnnl::memory::data_type;
 
 namespace {
 
+// Output rows (or columns) of a convolution: no dilation, symmetric padding.
+int64_t out_size(int64_t in, int64_t kernel, int stride, int pad) { return (in + 2 * pad - kernel) / stride + 1; }
+
 dnnl::engine& cpu_engine() {
   static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   return eng;
@@ -47,7 +50,7 @@ Conv& get_conv(const std::vector<int64_t>& x, const std::vector<int64_t>& w, int
   auto found = cache.find(key);
   if (found != cache.end()) return *found->second;
   auto& eng = cpu_engine();
-  int64_t oh = (x[2] + 2 * pad - w[2]) / stride + 1, ow = (x[3] + 2 * pad - w[3]) / stride + 1;
+  int64_t oh = out_size(x[2], w[2], stride, pad), ow = out_size(x[3], w[3], stride, pad);
   auto c = std::make_unique<Conv>();
   c->src = memory::desc({x[0], x[1], x[2], x[3]}, dt::f32, tag::nchw);
   c->wei = memory::desc({w[0], w[1], w[2], w[3]}, dt::f32, tag::oihw);
@@ -76,6 +79,16 @@ memory as_input(const memory::desc& want, memory user, dnnl::stream& s) {
   return out;
 }
 
+// Where a primitive writes a result bound for `user` (Paddle's buffer): `user` itself, or a scratch
+// buffer in the layout the primitive wants; copy_back() then reorders the scratch into `user`.
+memory as_output(const memory::desc& want, const memory& user) {
+  return want == user.get_desc() ? user : memory(want, cpu_engine());
+}
+
+void copy_back(memory& result, memory& user, dnnl::stream& s) {
+  if (result != user) dnnl::reorder(result, user).execute(s, result, user);
+}
+
 float* ptr(const paddle::Tensor& t) { return const_cast<float*>(t.data<float>()); }
 
 }  // namespace
@@ -90,9 +103,9 @@ std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle
   memory src = as_input(c.fwd_pd.src_desc(), memory(c.src, eng, ptr(x)), s);
   memory wei = as_input(c.fwd_pd.weights_desc(), memory(c.wei, eng, ptr(w)), s);
   memory user_dst(c.dst, eng, out.data<float>());
-  memory dst = c.fwd_pd.dst_desc() == c.dst ? user_dst : memory(c.fwd_pd.dst_desc(), eng);
+  memory dst = as_output(c.fwd_pd.dst_desc(), user_dst);
   c.fwd.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
-  if (dst != user_dst) dnnl::reorder(dst, user_dst).execute(s, dst, user_dst);
+  copy_back(dst, user_dst, s);
   s.wait();
   return {out};
 }
@@ -108,17 +121,17 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddl
   memory ddst_w = as_input(c.bwd_wei_pd.diff_dst_desc(), memory(c.dst, eng, ptr(dout)), s);
   memory src = as_input(c.bwd_wei_pd.src_desc(), memory(c.src, eng, ptr(x)), s);
   memory user_dw(c.wei, eng, dw.data<float>());
-  memory dwei = c.bwd_wei_pd.diff_weights_desc() == c.wei ? user_dw : memory(c.bwd_wei_pd.diff_weights_desc(), eng);
+  memory dwei = as_output(c.bwd_wei_pd.diff_weights_desc(), user_dw);
   c.bwd_wei.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst_w}, {DNNL_ARG_DIFF_WEIGHTS, dwei}});
-  if (dwei != user_dw) dnnl::reorder(dwei, user_dw).execute(s, dwei, user_dw);
+  copy_back(dwei, user_dw, s);
   if (need_dx) {
     memory ddst = c.bwd_data_pd.diff_dst_desc() == ddst_w.get_desc() ? ddst_w
                   : as_input(c.bwd_data_pd.diff_dst_desc(), memory(c.dst, eng, ptr(dout)), s);
     memory wei = as_input(c.bwd_data_pd.weights_desc(), memory(c.wei, eng, ptr(w)), s);
     memory user_dx(c.src, eng, dx.data<float>());
-    memory dsrc = c.bwd_data_pd.diff_src_desc() == c.src ? user_dx : memory(c.bwd_data_pd.diff_src_desc(), eng);
+    memory dsrc = as_output(c.bwd_data_pd.diff_src_desc(), user_dx);
     c.bwd_data.execute(s, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, dsrc}});
-    if (dsrc != user_dx) dnnl::reorder(dsrc, user_dx).execute(s, dsrc, user_dx);
+    copy_back(dsrc, user_dx, s);
   }
   s.wait();
   return {dx, dw};
@@ -126,7 +139,7 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddl
 
 std::vector<std::vector<int64_t>> ConvInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
                                                  int stride, int padding, bool) {
-  return {{x[0], w[0], (x[2] + 2 * padding - w[2]) / stride + 1, (x[3] + 2 * padding - w[3]) / stride + 1}};
+  return {{x[0], w[0], out_size(x[2], w[2], stride, padding), out_size(x[3], w[3], stride, padding)}};
 }
 
 std::vector<paddle::DataType> ConvInferDtype(const paddle::DataType& x, const paddle::DataType& w) { return {x}; }

@@ -43,11 +43,15 @@ class Conv2D(nn.Conv2D):
 class MaxPool2D(nn.MaxPool2D):
     """paddle.nn.MaxPool2D; 2x2/stride-2 pooling trains through kernels.max_pool2x2 while it is on."""
 
+    def __init__(self, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self._plain = (self.ksize in (2, [2, 2]) and self.stride in (None, 2, [2, 2])
+                       and self.padding in (0, [0, 0]) and not self.ceil_mode and not self.return_mask
+                       and self.data_format == "NCHW")
+
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """The pooling; through the kernel in dynamic mode on the CPU when enabled."""
-        plain = (self.ksize in (2, [2, 2]) and self.stride in (None, 2, [2, 2]) and self.padding in (0, [0, 0])
-                 and not self.ceil_mode and not self.return_mask and self.data_format == "NCHW")
-        if plain and _kernel_input(x):
+        if self._plain and _kernel_input(x):
             return kernels.max_pool2x2(x)
         return super().forward(x)
 

@@ -34,12 +34,13 @@ class BenchSettings:
     nproc: int = 1
     device: str = "auto"
     conv: str = "auto"  # CPU conv kernel, as `train --conv`
+    precision: str = "fp32"  # as `train --precision`
 
 
 def paddle_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.ndarray) -> float:
     """Seconds per global training step, as `competition train` runs them (data-parallel when launched)."""
     parallel.init()
-    select_device(settings.device, settings.conv)
+    select_device(settings.device, settings.conv, settings.precision)
     rank, world = parallel.world()
     paddle.seed(0)
     model = build_model(settings.model)
@@ -129,7 +130,7 @@ def summarize(settings: BenchSettings, paddle_step: float, torch_step: Optional[
         "torch_epoch_s": None if torch_epoch is None else round(torch_epoch, 2),
         "ratio": None if torch_epoch is None else round(paddle_step * per_epoch / torch_epoch, 2),
         "predict_10k_s": round(predict_s, 3),
-        "paddle_conv_kernel": "onednn" if kernels.enabled() else "paddle",
+        "paddle_conv_kernel": kernels.mode(),
         "paddle_version": paddle.__version__,
         "torch_version": _torch_version(),
     }
@@ -168,7 +169,7 @@ def _launched_step_seconds(settings: BenchSettings, train_path: Path, rows: int)
         out = Path(folder) / "paddle.json"
         args = ["bench", str(out), str(train_path), str(rows), json.dumps(asdict(settings))]
         code = parallel.launch(args, settings.nproc, Path(folder) / "logs",
-                               select_device(settings.device, settings.conv))
+                               select_device(settings.device, settings.conv, settings.precision))
         if code != 0 or not out.exists():
             raise CompetitionError(f"the {settings.nproc}-process timing failed (exit {code}).")
         return json.loads(out.read_text())["paddle_step_s"]

@@ -5,8 +5,10 @@
 // convolution primitives (the library inside Paddle's own wheel) do the same arithmetic about 2x
 // faster. Built once by competition/kernels.py; the Python side falls back to Paddle's conv.
 //
-// onednn_conv2d(X, W, stride, padding, need_dx): NCHW float32, square stride and padding, no
-// dilation, no groups, no bias (every conv here feeds a BatchNorm).
+// onednn_conv2d(X, W, stride, padding, need_dx, bf16): NCHW float32, square stride and padding, no
+// dilation, no groups, no bias (every conv here feeds a BatchNorm). With bf16 the primitives read
+// bfloat16 copies of their inputs (X, W, the output gradient) and sum in float32 into float32
+// outputs: on CPUs with AVX512-BF16 a resnet training step took 292 ms instead of 468 ms.
 #include <map>
 #include <memory>
 #include <mutex>
@@ -40,13 +42,13 @@ struct Conv {
   dnnl::convolution_backward_weights bwd_wei;
 };
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int>;
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool>;
 
-Conv& get_conv(const std::vector<int64_t>& x, const std::vector<int64_t>& w, int stride, int pad) {
+Conv& get_conv(const std::vector<int64_t>& x, const std::vector<int64_t>& w, int stride, int pad, bool bf16) {
   static std::map<Key, std::unique_ptr<Conv>> cache;
   static std::mutex lock;
   std::lock_guard<std::mutex> guard(lock);
-  Key key{x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride, pad};
+  Key key{x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride, pad, bf16};
   auto found = cache.find(key);
   if (found != cache.end()) return *found->second;
   auto& eng = cpu_engine();
@@ -56,15 +58,18 @@ Conv& get_conv(const std::vector<int64_t>& x, const std::vector<int64_t>& w, int
   c->wei = memory::desc({w[0], w[1], w[2], w[3]}, dt::f32, tag::oihw);
   c->dst = memory::desc({x[0], w[0], oh, ow}, dt::f32, tag::nchw);
   memory::dims strides{stride, stride}, pads{pad, pad};
-  auto any = [](const memory::desc& md) { return memory::desc(md.get_dims(), dt::f32, tag::any); };
   // `any` lets oneDNN pick its blocked layouts: plain NCHW primitives measured ~16x slower.
-  auto s = any(c->src), wd = any(c->wei), d = any(c->dst);
+  auto any = [](const memory::desc& md, dt type) { return memory::desc(md.get_dims(), type, tag::any); };
+  auto s = any(c->src, dt::f32), wd = any(c->wei, dt::f32), d = any(c->dst, dt::f32);
+  // What each primitive reads: bfloat16 copies when asked (results stay float32).
+  dt in = bf16 ? dt::bf16 : dt::f32;
+  auto s_in = any(c->src, in), w_in = any(c->wei, in), d_in = any(c->dst, in);
   c->fwd_pd = dnnl::convolution_forward::primitive_desc(eng, dnnl::prop_kind::forward_training,
-      dnnl::algorithm::convolution_direct, s, wd, d, strides, pads, pads);
+      dnnl::algorithm::convolution_direct, s_in, w_in, d, strides, pads, pads);
   c->bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(eng, dnnl::algorithm::convolution_direct,
-      s, wd, d, strides, pads, pads, c->fwd_pd);
+      s, w_in, d_in, strides, pads, pads, c->fwd_pd);
   c->bwd_wei_pd = dnnl::convolution_backward_weights::primitive_desc(eng, dnnl::algorithm::convolution_direct,
-      s, wd, d, strides, pads, pads, c->fwd_pd);
+      s_in, wd, d_in, strides, pads, pads, c->fwd_pd);
   c->fwd = dnnl::convolution_forward(c->fwd_pd);
   c->bwd_data = dnnl::convolution_backward_data(c->bwd_data_pd);
   c->bwd_wei = dnnl::convolution_backward_weights(c->bwd_wei_pd);
@@ -93,9 +98,10 @@ float* ptr(const paddle::Tensor& t) { return const_cast<float*>(t.data<float>())
 
 }  // namespace
 
-std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle::Tensor& w_in, int stride, int padding, bool) {
+std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle::Tensor& w_in, int stride, int padding,
+                                        bool, bool bf16) {
   auto x = x_in.contiguous(), w = w_in.contiguous();
-  Conv& c = get_conv(x.shape(), w.shape(), stride, padding);
+  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16);
   auto dims = c.dst.get_dims();
   auto out = paddle::empty({dims[0], dims[1], dims[2], dims[3]}, paddle::DataType::FLOAT32, paddle::CPUPlace());
   auto& eng = cpu_engine();
@@ -111,9 +117,10 @@ std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle
 }
 
 std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddle::Tensor& w_in,
-                                         const paddle::Tensor& dout_in, int stride, int padding, bool need_dx) {
+                                         const paddle::Tensor& dout_in, int stride, int padding, bool need_dx,
+                                         bool bf16) {
   auto x = x_in.contiguous(), w = w_in.contiguous(), dout = dout_in.contiguous();
-  Conv& c = get_conv(x.shape(), w.shape(), stride, padding);
+  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16);
   auto& eng = cpu_engine();
   dnnl::stream s(eng);
   auto dx = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
@@ -138,7 +145,7 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddl
 }
 
 std::vector<std::vector<int64_t>> ConvInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
-                                                 int stride, int padding, bool) {
+                                                 int stride, int padding, bool, bool) {
   return {{x[0], w[0], out_size(x[2], w[2], stride, padding), out_size(x[3], w[3], stride, padding)}};
 }
 
@@ -147,7 +154,7 @@ std::vector<paddle::DataType> ConvInferDtype(const paddle::DataType& x, const pa
 PD_BUILD_OP(onednn_conv2d)
     .Inputs({"X", "W"})
     .Outputs({"Out"})
-    .Attrs({"stride: int", "padding: int", "need_dx: bool"})
+    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool"})
     .SetKernelFn(PD_KERNEL(ConvForward))
     .SetInferShapeFn(PD_INFER_SHAPE(ConvInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(ConvInferDtype));
@@ -155,7 +162,7 @@ PD_BUILD_OP(onednn_conv2d)
 PD_BUILD_GRAD_OP(onednn_conv2d)
     .Inputs({"X", "W", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X"), paddle::Grad("W")})
-    .Attrs({"stride: int", "padding: int", "need_dx: bool"})
+    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool"})
     .SetKernelFn(PD_KERNEL(ConvBackward));
 
 // 2x2 max pooling with stride 2 (floor), NCHW float32. Paddle's CPU pool2d_grad took ~15% of a

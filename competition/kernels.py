@@ -31,6 +31,7 @@ _PADDLE_LIBS = Path(paddle.__file__).parent / "libs"  # libdnnl.so.3 ships here
 
 _module: Optional[ModuleType] = None  # the loaded operator module, once use() succeeded
 _enabled = False
+_bf16 = False  # training convs read bfloat16 copies of their inputs
 
 
 def headers_dir() -> Optional[Path]:
@@ -100,11 +101,16 @@ def load() -> ModuleType:
     return _module
 
 
-def use(choice: str, device: str) -> bool:
-    """Turn the kernels on or off for this process's CPU training: choice auto | onednn | paddle."""
-    global _enabled
-    _enabled = False
+def use(choice: str, device: str, precision: str = "fp32") -> bool:
+    """Turn the kernels on or off for this process's CPU training: choice auto | onednn | paddle.
+
+    precision bf16 has the training convs read bfloat16 copies of their inputs, on CPUs that
+    do bfloat16 arithmetic natively; elsewhere it says so once and stays float32.
+    """
+    global _enabled, _bf16
+    _enabled = _bf16 = False
     if choice == "paddle" or device != "cpu":
+        _warn_bf16(precision, f"it needs the oneDNN kernels on the CPU (this run: --conv {choice} on the {device})")
         return False
     try:
         load()
@@ -112,9 +118,27 @@ def use(choice: str, device: str) -> bool:
         if choice == "onednn":
             raise
         log.warning("training with Paddle's slower conv and pooling: %s", exc)
+        _warn_bf16(precision, "it needs the oneDNN kernels")
         return False
     _enabled = True
+    _bf16 = precision == "bf16" and cpu_has_bf16()
+    if precision == "bf16" and not _bf16:
+        _warn_bf16(precision, "this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX)")
     return True
+
+
+def _warn_bf16(precision: str, why: str) -> None:
+    if precision == "bf16":
+        log.warning("training in float32, not bfloat16: %s.", why)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bfloat16 dot products natively (AVX512-BF16 or AMX-BF16); Linux only."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def enabled() -> bool:
@@ -122,9 +146,16 @@ def enabled() -> bool:
     return _enabled
 
 
+def mode() -> str:
+    """What the CPU conv layers train with now: paddle, onednn or onednn-bf16."""
+    return ("onednn-bf16" if _bf16 else "onednn") if _enabled else "paddle"
+
+
 def conv2d(x: paddle.Tensor, weight: paddle.Tensor, stride: int, padding: int) -> paddle.Tensor:
     """oneDNN conv of NCHW float32 `x` with `weight` (out, in, kh, kw); no bias, dilation or groups."""
-    return load().onednn_conv2d(x, weight, stride, padding, not x.stop_gradient)
+    # bfloat16 only where gradients flow: validation, reports and predictions stay float32.
+    bf16 = _bf16 and paddle.is_grad_enabled()
+    return load().onednn_conv2d(x, weight, stride, padding, not x.stop_gradient, bf16)
 
 
 def max_pool2x2(x: paddle.Tensor) -> paddle.Tensor:

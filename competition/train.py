@@ -89,10 +89,11 @@ def run_result(run_dir: Path) -> RunResult:
     return RunResult(Path(run_dir), history, float(best["val_acc"]), int(best["epoch"]))
 
 
-def select_device(choice: str = "auto", conv: str = "auto") -> str:
+def select_device(choice: str = "auto", conv: str = "auto", precision: str = "fp32") -> str:
     """'gpu' when Paddle has CUDA and sees a device (or it was asked for), else 'cpu'.
 
-    On the CPU, `conv` (auto | onednn | paddle) also picks the conv layers' kernel.
+    On the CPU, `conv` (auto | onednn | paddle) also picks the conv layers' kernel and
+    `precision` (fp32 | bf16) what its training steps compute in.
     """
     has_gpu = parallel.has_gpu()
     if choice == "gpu" and not has_gpu:
@@ -101,8 +102,15 @@ def select_device(choice: str = "auto", conv: str = "auto") -> str:
     device = ("gpu" if has_gpu else "cpu") if choice == "auto" else choice
     # Each rank of a multi-GPU run uses the GPU the launcher gave it.
     paddle.set_device(f"gpu:{parallel.local_device_id()}" if device == "gpu" and parallel.is_worker() else device)
-    kernels.use(conv, device)
+    kernels.use(conv, device, precision)
     return device
+
+
+def _kernel_note() -> str:
+    """What the training log says of the CPU kernels in use."""
+    notes = {"onednn": ", conv and pool kernels of kernels.cc",
+             "onednn-bf16": ", conv and pool kernels of kernels.cc, convs reading bfloat16"}
+    return notes.get(kernels.mode(), "")
 
 
 def seed_everything(seed: int) -> None:
@@ -249,7 +257,7 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[Data] = None) 
     """Train the run folder's configuration, alone or as one rank of several processes."""
     config = Config.load(Path(run_dir) / "config.json").validate()
     parallel.init()
-    device = select_device(config.device, config.conv)
+    device = select_device(config.device, config.conv, config.precision)
     seed_everything(config.seed)
     with _stable_names():
         model = build_model(config.model, **config.model_options())
@@ -287,7 +295,7 @@ def _train(config: Config, run_dir: Path, device: str, model: nn.Layer, data: Da
     with _rank_logging(run_dir, rank), _signals_interrupt():
         log.info("%s on %s x%d (Paddle %s%s); run folder: %s", "resuming after epoch %d" % progress["epoch"]
                  if resuming else "training", device, world, paddle.__version__,
-                 ", conv and pool kernels of kernels.cc" if kernels.enabled() else "", run_dir)
+                 _kernel_note(), run_dir)
         log.info("data: %s, %d training rows, %d validation rows", table.path, len(train_idx), len(val_idx))
         if rank == 0:
             log.info("model %s, %d parameters\n%s", config.model, count_parameters(model), model_summary(model))

@@ -136,3 +136,54 @@ def test_an_unwritable_cache_or_a_failed_compile_falls_back_with_the_reason(monk
     with pytest.raises(CompetitionError, match="did not build .*build.log"):
         kernels.use("onednn", "cpu")
     assert (tmp_path / "build" / "build.log").is_file() and not kernels.enabled()
+
+
+@pytest.fixture
+def onednn_bf16():
+    """The kernels with bfloat16 training convs, where this CPU has them."""
+    if not kernels.cpu_has_bf16():
+        pytest.skip("this CPU has no native bfloat16 arithmetic")
+    paddle.set_device("cpu")
+    assert kernels.use("onednn", "cpu", "bf16") and kernels.mode() == "onednn-bf16"
+    yield
+    kernels.use("paddle", "cpu")
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=str)
+def test_bf16_training_convs_stay_close_to_float32(onednn_bf16, shape) -> None:
+    n, c, size, out, k, stride, pad = shape
+    paddle.seed(0)
+    x, w = paddle.randn([n, c, size, size]), paddle.randn([out, c, k, k])
+    results, upstream = [], None
+    for conv in (lambda: kernels.conv2d(x, w, stride, pad), lambda: F.conv2d(x, w, stride=stride, padding=pad)):
+        x.stop_gradient = w.stop_gradient = False
+        y = conv()
+        upstream = paddle.randn(y.shape) if upstream is None else upstream
+        (y * upstream).sum().backward()
+        results.append([y.numpy(), x.grad.numpy(), w.grad.numpy()])
+        x.clear_gradient(), w.clear_gradient()
+    for ours, theirs in zip(*results):
+        assert ours.dtype == np.float32
+        # bfloat16 keeps 8 significant bits: about 0.4% per input, less after float32 sums.
+        assert np.abs(ours - theirs).max() <= 0.01 * np.abs(theirs).max()
+        assert not np.array_equal(ours, theirs)  # it did compute in bfloat16
+
+
+def test_bf16_leaves_validation_and_prediction_in_float32(onednn_bf16) -> None:
+    paddle.seed(0)
+    x, w = paddle.randn([2, 16, 14, 14]), paddle.randn([32, 16, 3, 3])
+    with paddle.no_grad():
+        ours = kernels.conv2d(x, w, 1, 1).numpy()
+    np.testing.assert_allclose(ours, F.conv2d(x, w, padding=1).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_without_cpu_support_or_kernels_trains_in_float32_and_says_so(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="competition.kernels"):
+        assert kernels.use("onednn", "cpu", "bf16") and kernels.mode() == "onednn"
+    assert "float32, not bfloat16: this CPU has no native bfloat16" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="competition.kernels"):
+        assert not kernels.use("paddle", "cpu", "bf16") and kernels.mode() == "paddle"
+    assert "needs the oneDNN kernels on the CPU (this run: --conv paddle on the cpu)" in caplog.text
+    kernels.use("paddle", "cpu")

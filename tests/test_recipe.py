@@ -8,7 +8,7 @@ import pandas as pd
 import paddle
 import pytest
 
-from competition import train
+from competition import kernels, train
 from competition.cli import main
 from competition.config import PRESETS, Config, from_preset
 from competition.data import Augment, FashionMNIST
@@ -99,6 +99,23 @@ def test_full_fit_trains_on_every_row_and_says_so(train_csv: Path, test_csv: Pat
     out = tmp_path / "subs" / "submission.csv"
     assert main(["predict", "--run", str(run), "--test", str(test_csv), "--out", str(out)]) == 0
     assert (out.parent / f"{run.name}-noval.csv").is_file()
+
+
+def test_bf16_run_records_its_precision_and_trains(train_csv: Path, tmp_path: Path) -> None:
+    assert main(["train", "--train", str(train_csv), "--model", "resnet", "--width", "8", "--depth", "1",
+                 "--epochs", "1", "--val-size", "10", "--precision", "bf16", "--conv", "onednn", "--nproc", "1",
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert Config.load(run / "config.json").precision == "bf16"
+    log = (run / "train.log").read_text()
+    assert ("convs reading bfloat16" in log) == kernels.cpu_has_bf16()
+    assert np.isfinite(pd.read_csv(run / "summary.csv")["train_loss"]).all()
+    kernels.use("paddle", "cpu")
+
+
+def test_unknown_precision_in_a_configuration_is_refused() -> None:
+    with pytest.raises(CompetitionError, match="unknown precision 'fp16'; expected one of fp32, bf16"):
+        Config(precision="fp16").validate()
 
 
 def test_recipe_run_interrupted_and_resumed_matches_uninterrupted(real_data: dict, tmp_path: Path,

@@ -56,7 +56,8 @@ if [ "${1:-}" = "test" ]; then
     shift
     exec "$PY" -m pytest "$@"
 fi
-# No options: the `default` recipe. With options: they go to training as given. Then predict.
+# No options: the `default` recipe. With options: they go to training as given. Then predict,
+# averaging in the mirrored test images (flip TTA: +0.15 to +0.3% on 10,000 validation rows, ~1 s).
 [ "$#" -gt 0 ] || set -- --preset default
 "$PY" -m competition train "$@"
-exec "$PY" -m competition predict
+exec "$PY" -m competition predict --tta

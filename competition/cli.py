@@ -193,8 +193,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"trained on every row (no validation split); run folder: {result.run_dir}")
     else:
         print(report.format_per_class(pd.read_csv(result.run_dir / "per_class.csv")))
-        print(f"best validation accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch}); "
-              f"run folder: {result.run_dir} (see report.md there)")
+        tta = json.loads((result.run_dir / report.VALIDATION_JSON).read_text())["val_acc_tta"]
+        print(f"best validation accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch}; "
+              f"{tta:.4f} with flip TTA); run folder: {result.run_dir} (see report.md there)")
     return 0
 
 

@@ -137,10 +137,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {"model": "cnn", "hidden": 256, "epochs": 25, "batch_size": 256, "optimizer": "adamw",
                 "lr": 0.005, "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 1, "flip": True,
                 "crop_pad": 2, "label_smoothing": 0.1},
-    # under an hour on 2 CPU cores: a residual network, SGD with cosine decay, the full augmentation set
-    "best": {"model": "resnet", "width": 32, "depth": 1, "epochs": 25, "batch_size": 128,
+    # under an hour on 2 CPU cores: a residual network (32x2) whose training convs read bfloat16,
+    # SGD with cosine decay, the full augmentation set
+    "best": {"model": "resnet", "width": 32, "depth": 2, "epochs": 22, "batch_size": 128,
              "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine",
-             "warmup_epochs": 1, "flip": True, "crop_pad": 2, "erase": 0.25, "label_smoothing": 0.1},
+             "warmup_epochs": 1, "flip": True, "crop_pad": 2, "erase": 0.25, "label_smoothing": 0.1,
+             "precision": "bf16"},
 }
 
 

@@ -109,8 +109,12 @@ def use(choice: str, device: str, precision: str = "fp32") -> bool:
     """
     global _enabled, _bf16
     _enabled = _bf16 = False
-    if choice == "paddle" or device != "cpu":
-        _warn_bf16(precision, f"it needs the oneDNN kernels on the CPU (this run: --conv {choice} on the {device})")
+    if device != "cpu":
+        if precision == "bf16":  # a preset's setting for CPUs: nothing to warn a GPU user about
+            log.info("--precision bf16 applies to the CPU kernels; %s training stays float32", device)
+        return False
+    if choice == "paddle":
+        _warn_bf16(precision, "it needs the oneDNN kernels (this run: --conv paddle)")
         return False
     try:
         load()

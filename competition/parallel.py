@@ -8,6 +8,7 @@ from pathlib import Path
 
 import paddle
 import paddle.distributed as dist
+from paddle.distributed.parallel import sync_params_buffers
 
 
 WORKER = Path(__file__).with_name("worker.py")
@@ -74,6 +75,12 @@ def mean_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
     dist.all_reduce(totals)
     loss, correct, samples = totals.tolist()
     return {**metrics, "loss": loss / samples, "acc": correct / samples, "samples": samples}
+
+
+def copy_rank0_state(model: paddle.nn.Layer) -> None:
+    """Give every rank rank 0's weights and buffers: gradients keep weights equal, BatchNorm statistics are per rank."""
+    if world()[1] > 1:
+        sync_params_buffers(model)
 
 
 def local_device_id() -> int:

@@ -15,7 +15,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from . import checkpoint, parallel, submission
-from .data import SIDE, TEST_FILE, FashionMNIST, ImageTable, data_file, make_loader, read_test_csv
+from .data import EVAL_BATCH, SIDE, TEST_FILE, FashionMNIST, ImageTable, data_file, make_loader, read_test_csv
 from .errors import CompetitionError
 from .models import N_CLASSES
 
@@ -40,7 +40,7 @@ def load_test_table(test: Optional[str], data_dir: Optional[str] = None) -> Imag
 
 
 @paddle.no_grad()
-def predict_probs(model: nn.Layer, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def predict_probs(model: nn.Layer, images: np.ndarray, batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Softmax probabilities [N, 10] for uint8 images [N, 784], batched, in eval mode."""
     model.eval()
     loader = make_loader(FashionMNIST(images), batch_size, shuffle=False)

@@ -22,7 +22,7 @@ from .config import Config  # noqa: E402
 from .data import CLASS_NAMES, SIDE, ImageTable  # noqa: E402
 from .errors import CompetitionError  # noqa: E402
 from .models import count_parameters  # noqa: E402
-from .predict import predict_probs  # noqa: E402
+from .predict import flip_images, predict_probs  # noqa: E402
 from .train import load_training_data  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 DPI = 100  # with every figsize >= 4 inches, each PNG is at least 400x400 px
 CURVES, CONFUSION, MISTAKES = "curves.png", "confusion.png", "mistakes.png"
 PER_CLASS_CSV, PER_CLASS_PNG, REPORT = "per_class.csv", "per_class.png", "report.md"
+VALIDATION_JSON = "validation.json"  # {"val_acc": …, "val_acc_tta": …} of the best checkpoint
 PER_CLASS_COLUMNS = ["class", "name", "correct", "total", "accuracy"]
 COMPARE_COLUMNS = ["run", "model", "best_epoch", "best_val_acc", "epochs", "seconds"]
 MAX_MISTAKES = 25  # a 5x5 grid
@@ -43,11 +44,17 @@ class Validation:
     images: np.ndarray  # uint8 [N, 784]
     labels: np.ndarray  # int64 [N]
     probs: np.ndarray  # float32 [N, 10]
+    tta_probs: np.ndarray  # the same averaged with the mirrored images' (predict --tta)
 
     @property
     def preds(self) -> np.ndarray:
         """Predicted classes [N]."""
         return self.probs.argmax(axis=1)
+
+    def accuracies(self) -> dict[str, float]:
+        """Accuracy without and with flip test-time augmentation."""
+        return {"val_acc": float((self.preds == self.labels).mean()),
+                "val_acc_tta": float((self.tta_probs.argmax(axis=1) == self.labels).mean())}
 
 
 # --- tables ---------------------------------------------------------------------------------
@@ -131,7 +138,10 @@ def validation_predictions(run_dir: Path, model: nn.Layer, config: Config) -> Va
         raise CompetitionError(f"{run_dir}: summary.csv has validation scores but config.json "
                                f"(val_size {config.val_size:g}) gives no validation rows.")
     images = table.images[val_idx]
-    return Validation(images, table.labels[val_idx], predict_probs(model, images))
+    # One pass over the images and their mirrors, as `predict --tta` does.
+    both = predict_probs(model, np.concatenate([images, flip_images(images)]))
+    probs, mirrored = both[:len(images)], both[len(images):]
+    return Validation(images, table.labels[val_idx], probs, (probs + mirrored) / 2)
 
 
 # --- pictures -------------------------------------------------------------------------------
@@ -292,13 +302,14 @@ def write_report(run_dir: Path) -> list[Path]:
     summary = checkpoint.read_summary(run_dir)
     model, config = checkpoint.load_model(run_dir)
     written = [plot_curves(summary, read_steps(run_dir), run_dir / CURVES)]
-    table = None
+    table, tta_acc = None, None
     if has_validation(summary):
         val = validation_predictions(run_dir, model, config)
         table = per_class_table(val.labels, val.preds)
         _check_matches_summary(run_dir, table, summary)
         written += _validation_files(run_dir, val, table)
-    text = report_markdown(run_dir, config, summary, count_parameters(model), table)
+        tta_acc = val.accuracies()["val_acc_tta"]
+    text = report_markdown(run_dir, config, summary, count_parameters(model), table, tta_acc)
     with checkpoint.atomic_path(run_dir / REPORT) as tmp:
         tmp.write_text(text)
     written.append(run_dir / REPORT)
@@ -309,7 +320,10 @@ def write_report(run_dir: Path) -> list[Path]:
 def _validation_files(run_dir: Path, val: Validation, table: pd.DataFrame) -> list[Path]:
     with checkpoint.atomic_path(run_dir / PER_CLASS_CSV) as tmp:
         table.to_csv(tmp, index=False)
-    return [plot_confusion(val.labels, val.preds, run_dir / CONFUSION), run_dir / PER_CLASS_CSV,
+    with checkpoint.atomic_path(run_dir / VALIDATION_JSON) as tmp:
+        tmp.write_text(json.dumps(val.accuracies()) + "\n")
+    return [run_dir / VALIDATION_JSON, run_dir / PER_CLASS_CSV,
+            plot_confusion(val.labels, val.preds, run_dir / CONFUSION),
             plot_per_class(table, run_dir / PER_CLASS_PNG), plot_mistakes(val, run_dir / MISTAKES)]
 
 
@@ -324,10 +338,12 @@ def _check_matches_summary(run_dir: Path, table: pd.DataFrame, summary: pd.DataF
 
 
 def report_markdown(run_dir: Path, config: Config, summary: pd.DataFrame, n_params: int,
-                    table: Optional[pd.DataFrame]) -> str:
+                    table: Optional[pd.DataFrame], tta_acc: Optional[float] = None) -> str:
     """report.md: headline numbers, pictures, per-class table and configuration."""
-    parts = [f"# Run `{Path(run_dir).name}`", "## Headline",
-             _markdown_table(["", ""], _headline_rows(config, summary, n_params)),
+    rows = _headline_rows(config, summary, n_params)
+    if tta_acc is not None:
+        rows.insert(1, ["with flip TTA (`predict --tta`)", f"{tta_acc:.4f}"])
+    parts = [f"# Run `{Path(run_dir).name}`", "## Headline", _markdown_table(["", ""], rows),
              "## Training curves", f"![curves]({CURVES})"]
     if table is None:
         parts.append(f"**No validation split** (`val_size` {config.val_size:g}): the model was trained "

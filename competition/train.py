@@ -22,7 +22,8 @@ from tqdm import tqdm
 from . import checkpoint, kernels, parallel
 from .config import Config
 from .errors import CompetitionError, TrainingInterrupted
-from .data import TRAIN_FILE, Augment, FashionMNIST, ImageTable, data_file, make_loader, read_train_csv, stratified_split
+from .data import (EVAL_BATCH, TRAIN_FILE, Augment, FashionMNIST, ImageTable, data_file, make_loader,
+                   read_train_csv, stratified_split)
 from .models import build_model, count_parameters
 
 log = logging.getLogger("competition")
@@ -219,7 +220,7 @@ def evaluate(model: nn.Layer, loader: paddle.io.DataLoader) -> dict[str, float]:
         total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
         metric.update(metric.compute(logits, y.unsqueeze(1)))
         seen += len(y)
-    return {"loss": total_loss / max(seen, 1), "acc": float(metric.accumulate())}
+    return {"loss": total_loss / max(seen, 1), "acc": float(metric.accumulate()), "samples": float(seen)}
 
 
 def fit(config: Config) -> RunResult:
@@ -323,8 +324,11 @@ def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimiz
     table, train_idx, val_idx = data
     rank, world = parallel.world()
     net = paddle.DataParallel(model) if world > 1 else model  # averages gradients over ranks
-    val_loader = make_loader(FashionMNIST(table.images[val_idx], table.labels[val_idx]),
-                             max(config.batch_size, 1000), shuffle=False) if len(val_idx) and rank == 0 else None
+    # Every rank validates its share of the rows. (Rank 0 alone once kept the others waiting in
+    # their next gradient all-reduce past gloo's 30 s timeout, which killed a busy 2-process run.)
+    val_rows = val_idx[rank::world]
+    val_loader = make_loader(FashionMNIST(table.images[val_rows], table.labels[val_rows]),
+                             EVAL_BATCH, shuffle=False) if len(val_idx) else None
     for epoch in range(progress["epoch"] + 1, config.epochs + 1):
         started = time.perf_counter()
         # Mixing the seed into the sampler's epoch makes the shuffle follow --seed.
@@ -334,28 +338,34 @@ def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimiz
         train = train_one_epoch(net, train_loader, optimizer, config.max_steps, f"epoch {epoch}", losses,
                                 config.label_smoothing, ema)
         train = parallel.mean_over_ranks(train)
+        # Validation and the best checkpoint use the averaged weights when there are any;
+        # last.ckpt (in _record_epoch) keeps the trained ones.
+        with ema.applied() if ema else contextlib.nullcontext():
+            val = _validate(model, val_loader)
+            if rank == 0 and (val_loader is None or val["acc"] > progress["best_acc"]):
+                # Without a validation split the last epoch is the one to keep.
+                progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
+                checkpoint.save_checkpoint(run_dir, model, optimizer)
         progress["epoch"] = epoch
         if rank == 0:
             if ema is not None:
                 progress["ema"] = ema.state()
-            _record_epoch(config, model, optimizer, val_loader, run_dir, progress,
-                          {**train, "lr": lr}, losses, started, ema)
+            _record_epoch(config, model, optimizer, run_dir, progress, {**train, "lr": lr}, val, losses, started)
 
 
-def _record_epoch(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
-                  val_loader: Optional[paddle.io.DataLoader], run_dir: Path, progress: dict,
-                  train: dict[str, float], losses: list[float], started: float,
-                  ema: Optional[WeightAverage] = None) -> None:
-    """Validate, keep the best checkpoint, and save everything a resume needs (rank 0)."""
+def _validate(model: nn.Layer, val_loader: Optional[paddle.io.DataLoader]) -> dict[str, float]:
+    """Loss and accuracy over every rank's share of the validation rows, with rank 0's weights."""
+    if val_loader is None:
+        return {"loss": math.nan, "acc": math.nan}
+    parallel.copy_rank0_state(model)
+    return parallel.mean_over_ranks(evaluate(model, val_loader))
+
+
+def _record_epoch(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer, run_dir: Path,
+                  progress: dict, train: dict[str, float], val: dict[str, float], losses: list[float],
+                  started: float) -> None:
+    """Write the epoch's figures and everything a resume needs (rank 0)."""
     epoch = progress["epoch"]
-    # Validation and the best checkpoint use the averaged weights when there are any;
-    # last.ckpt (below) keeps the trained ones.
-    with ema.applied() if ema else contextlib.nullcontext():
-        val = evaluate(model, val_loader) if val_loader else {"loss": math.nan, "acc": math.nan}
-        # Without a validation split the last epoch is the one to keep.
-        if val_loader is None or val["acc"] > progress["best_acc"]:
-            progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
-            checkpoint.save_checkpoint(run_dir, model, optimizer)
     history = progress["history"]
     history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
                     "val_loss": val["loss"], "val_acc": val["acc"], "lr": train["lr"],

@@ -104,7 +104,7 @@ def test_train_one_epoch_stops_after_max_steps_and_evaluate_returns_metrics(trai
     optimizer = paddle.optimizer.Adam(parameters=model.parameters())
     metrics = train_one_epoch(model, make_loader(dataset, 4, shuffle=True), optimizer, max_steps=3)
     assert metrics["steps"] == 3 and metrics["loss"] > 0 and 0 <= metrics["acc"] <= 1
-    assert set(evaluate(model, make_loader(dataset, 16, shuffle=False))) == {"loss", "acc"}
+    assert set(evaluate(model, make_loader(dataset, 16, shuffle=False))) == {"loss", "acc", "samples"}
 
 
 def _existing_submission(tmp_path: Path) -> Path:

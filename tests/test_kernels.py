@@ -185,5 +185,5 @@ def test_bf16_without_cpu_support_or_kernels_trains_in_float32_and_says_so(monke
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="competition.kernels"):
         assert not kernels.use("paddle", "cpu", "bf16") and kernels.mode() == "paddle"
-    assert "needs the oneDNN kernels on the CPU (this run: --conv paddle on the cpu)" in caplog.text
+    assert "float32, not bfloat16: it needs the oneDNN kernels (this run: --conv paddle)" in caplog.text
     kernels.use("paddle", "cpu")

@@ -1,6 +1,7 @@
 """Reports rebuilt from a run folder: pictures, per-class table, report.md, data grids, run comparison."""
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import struct
@@ -12,8 +13,8 @@ import pandas as pd
 import pytest
 
 import competition.train
-from competition import report
-from competition.data import CLASS_NAMES, read_test_csv, read_train_csv
+from competition import checkpoint, predict, report
+from competition.data import CLASS_NAMES, ImageTable, read_test_csv, read_train_csv
 from competition.errors import CompetitionError
 
 PICTURES = ["curves.png", "confusion.png", "per_class.png", "mistakes.png"]
@@ -61,7 +62,7 @@ def reported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_write_report_writes_every_file_as_a_big_enough_png(reported: dict) -> None:
     run_dir = reported["run"]
     names = [p.name for p in reported["written"]]
-    assert sorted(names) == sorted(PICTURES + ["per_class.csv", "report.md"])
+    assert sorted(names) == sorted(PICTURES + ["per_class.csv", "validation.json", "report.md"])
     assert all(p.parent == run_dir and p.is_file() for p in reported["written"])
     for name in PICTURES:
         assert_picture(run_dir / name)
@@ -75,6 +76,17 @@ def test_per_class_csv_adds_up_to_the_best_validation_accuracy(reported: dict) -
     assert table["total"].sum() == 100 and (table["correct"] <= table["total"]).all()
     best = pd.read_csv(reported["run"] / "summary.csv")["val_acc"].max()
     assert table["correct"].sum() / table["total"].sum() == pytest.approx(best, abs=1e-6)
+
+
+def test_validation_json_holds_the_accuracy_with_and_without_flip_tta(reported: dict) -> None:
+    run_dir = reported["run"]
+    scores = json.loads((run_dir / "validation.json").read_text())
+    assert scores["val_acc"] == pytest.approx(pd.read_csv(run_dir / "summary.csv")["val_acc"].max(), abs=1e-6)
+    _, config = checkpoint.load_model(run_dir)
+    table, _, val_idx = competition.train.load_training_data(config)
+    rows = ImageTable(table.path, table.images[val_idx], table.labels[val_idx])
+    assert scores["val_acc_tta"] == pytest.approx(predict.accuracy_on(run_dir, rows, tta=True), abs=1e-6)
+    assert f"| with flip TTA (`predict --tta`) | {scores['val_acc_tta']:.4f} |" in (run_dir / "report.md").read_text()
 
 
 def test_report_md_links_every_picture_and_holds_the_tables(reported: dict) -> None:

@@ -76,6 +76,15 @@ def test_two_processes_train_one_run_reproducibly(real_data: dict, tmp_path: Pat
         summaries.append(pd.read_csv(run / "summary.csv")[["train_loss", "train_acc", "val_loss", "val_acc"]])
     assert len(summaries[0]) == 2
     pd.testing.assert_frame_equal(summaries[0], summaries[1])
+    # Both ranks validated half of the rows each: together they score what the saved model scores on all.
+    from competition import checkpoint, train
+    model, config = checkpoint.load_model(run)
+    table, _, val_idx = train.load_training_data(config)
+    rows = data.FashionMNIST(table.images[val_idx], table.labels[val_idx])
+    rebuilt = train.evaluate(model, data.make_loader(rows, 100, shuffle=False))
+    best = checkpoint.best_row(pd.read_csv(run / "summary.csv"))
+    assert rebuilt["acc"] == pytest.approx(best["val_acc"], abs=1e-9)
+    assert rebuilt["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
     out = tmp_path / "sub.csv"
     predicted = subprocess.run([sys.executable, "-m", "competition", "predict", "--run", str(run), "--test",
                                 str(real_data["test"]), "--out", str(out)], cwd=REPO, capture_output=True, text=True)

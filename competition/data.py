@@ -31,7 +31,8 @@ DOWNLOAD_HINT = ("download the contest's CSV files (fashion-mnist_train.csv, "
                  "fashion-mnist_test_data.csv, plain or .gz) from the contest's data page "
                  "into data/, or pass --data-dir")
 # Batch for validation and prediction. 10,000 images through resnet 32x2 on one core took 22.6 s
-# at 256 and 40 s at 1,000 (activations past the caches); the cnn 2.0 s and 2.25 s.
+# at 256 and 40 s at 1,000 (activations past the caches), the cnn 2.0 s and 2.25 s; through
+# paddle.inference 9.0-10.3 s and 11.1-11.5 s (resnet 32x2), 0.51-0.54 s and 0.81-0.93 s (cnn).
 EVAL_BATCH = 256
 _PIXEL = re.compile(r"pixel(\d+)$")
 _FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")

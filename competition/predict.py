@@ -48,7 +48,7 @@ def predict_probs(model: nn.Layer, images: np.ndarray, batch_size: int = EVAL_BA
     return np.concatenate(probs) if probs else np.zeros((0, N_CLASSES), np.float32)
 
 
-def inference_probs(run_dir: Path, images: np.ndarray, batch_size: int = 1000) -> Optional[np.ndarray]:
+def inference_probs(run_dir: Path, images: np.ndarray, batch_size: int = EVAL_BATCH) -> Optional[np.ndarray]:
     """Softmax probabilities through paddle.inference (oneDNN on CPU); None without an export."""
     predictor = load_predictor(Path(run_dir))
     return None if predictor is None else run_predictor(predictor, images, batch_size)
@@ -61,7 +61,7 @@ def load_predictor(folder: Path) -> Optional[paddle.inference.Predictor]:
 
 
 def run_predictor(predictor: paddle.inference.Predictor, images: np.ndarray,
-                  batch_size: int = 1000) -> np.ndarray:
+                  batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Softmax probabilities [N, 10] of uint8 images [N, 784], in batches."""
     handle = predictor.get_input_handle(predictor.get_input_names()[0])
     output = predictor.get_output_handle(predictor.get_output_names()[0])

@@ -105,7 +105,7 @@ def use(choice: str, device: str, precision: str = "fp32") -> bool:
     """Turn the kernels on or off for this process's CPU training: choice auto | onednn | paddle.
 
     precision bf16 has the training convs read bfloat16 copies of their inputs, on CPUs that
-    do bfloat16 arithmetic natively; elsewhere it says so once and stays float32.
+    do bfloat16 arithmetic natively; elsewhere it logs a warning and stays float32.
     """
     global _enabled, _bf16
     _enabled = _bf16 = False

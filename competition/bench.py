@@ -13,11 +13,12 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from . import checkpoint, kernels, parallel, predict
+from . import checkpoint, parallel, predict, runtime
+from .config import Config
 from .data import FashionMNIST, make_loader, read_train_csv
 from .errors import CompetitionError
 from .models import build_model
-from .train import select_device, train_one_epoch
+from .train import train_one_epoch
 
 EPOCH_IMAGES = 60_000
 PREDICT_IMAGES = 10_000
@@ -36,14 +37,19 @@ class BenchSettings:
     conv: str = "auto"  # CPU conv kernel, as `train --conv`
     precision: str = "fp32"  # as `train --precision`
 
+    def runtime(self) -> runtime.Runtime:
+        """What the timed steps run on, resolved as for a training run."""
+        config = Config(device=self.device, conv=self.conv, precision=self.precision, nproc=self.nproc)
+        return runtime.resolve(config, self.nproc)
+
 
 def paddle_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.ndarray) -> float:
     """Seconds per global training step, as `competition train` runs them (data-parallel when launched)."""
     parallel.init()
-    select_device(settings.device, settings.conv, settings.precision)
+    cpu_kernels = runtime.apply(settings.runtime())
     rank, world = parallel.world()
     paddle.seed(0)
-    model = build_model(settings.model)
+    model = build_model(settings.model, cpu_kernels)
     net = paddle.DataParallel(model) if world > 1 else model
     optimizer = paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters())
     loader = make_loader(FashionMNIST(images, labels), settings.batch_size // world, shuffle=True)
@@ -51,7 +57,7 @@ def paddle_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.
     if world > 1:
         dist.barrier()
     started = time.perf_counter()
-    done = train_one_epoch(net, loader, optimizer, max_steps=settings.steps)["steps"]
+    done = train_one_epoch(net, loader, optimizer, max_steps=settings.steps)[0]["steps"]
     return (time.perf_counter() - started) / done
 
 
@@ -120,7 +126,7 @@ def steps_per_epoch(batch_size: int) -> int:
 
 
 def summarize(settings: BenchSettings, paddle_step: float, torch_step: Optional[float],
-              predict_s: float) -> dict[str, Any]:
+              predict_s: float, ran: runtime.Runtime) -> dict[str, Any]:
     """The benchmark's figures as one flat dict (the --json line)."""
     per_epoch = steps_per_epoch(settings.batch_size)
     torch_epoch = None if torch_step is None else torch_step * per_epoch
@@ -130,7 +136,7 @@ def summarize(settings: BenchSettings, paddle_step: float, torch_step: Optional[
         "torch_epoch_s": None if torch_epoch is None else round(torch_epoch, 2),
         "ratio": None if torch_epoch is None else round(paddle_step * per_epoch / torch_epoch, 2),
         "predict_10k_s": round(predict_s, 3),
-        "paddle_conv_kernel": kernels.mode(),
+        "paddle_conv_kernel": ran.kernels + ("-bf16" if ran.precision == "bf16" else ""),
         "paddle_version": paddle.__version__,
         "torch_version": _torch_version(),
     }
@@ -153,23 +159,24 @@ def bench_worker(out: Path, settings: BenchSettings, images: np.ndarray, labels:
 
 def run_bench(settings: BenchSettings, train_path: Path, test_images: np.ndarray) -> dict[str, Any]:
     """Time Paddle training (in this process or on settings.nproc), prediction, and PyTorch."""
+    ran = settings.runtime()
     table = read_train_csv(train_path)
     rows = min(len(table), settings.batch_size * max(settings.steps, settings.warmup))
     images, labels = table.images[:rows], table.labels[:rows]
     if settings.nproc == 1:
         paddle_step = paddle_step_seconds(settings, images, labels)
     else:
-        paddle_step = _launched_step_seconds(settings, train_path, rows)
+        paddle_step = _launched_step_seconds(settings, ran, train_path, rows)
     predict_s = predict_seconds(settings.model, test_images[:PREDICT_IMAGES])
-    return summarize(settings, paddle_step, torch_step_seconds(settings, images, labels), predict_s)
+    return summarize(settings, paddle_step, torch_step_seconds(settings, images, labels), predict_s, ran)
 
 
-def _launched_step_seconds(settings: BenchSettings, train_path: Path, rows: int) -> float:
+def _launched_step_seconds(settings: BenchSettings, ran: runtime.Runtime, train_path: Path, rows: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "paddle.json"
         args = ["bench", str(out), str(train_path), str(rows), json.dumps(asdict(settings))]
-        code = parallel.launch(args, settings.nproc, Path(folder) / "logs",
-                               select_device(settings.device, settings.conv, settings.precision))
-        if code != 0 or not out.exists():
-            raise CompetitionError(f"the {settings.nproc}-process timing failed (exit {code}).")
+        ended = parallel.launch(args, settings.nproc, Path(folder) / "logs", ran.device)
+        if ended.code != 0 or not out.exists():
+            raise CompetitionError(f"the {settings.nproc}-process timing failed (exit {ended.code}"
+                                   + (f": {ended.failure}" if ended.failure else "") + ").")
         return json.loads(out.read_text())["paddle_step_s"]

@@ -1,13 +1,18 @@
 """Run folders: configuration, per-epoch summary, checkpoints; atomic writes."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
+import logging
+import math
 import pickle
 import random
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -18,10 +23,144 @@ from .config import Config
 from .errors import CompetitionError
 from .files import atomic_dir_prefix, atomic_path  # atomic_path is also used by predict and report
 from .models import build_model
+from .progress import ProgressFile
+from .runtime import Runtime
+
+log = logging.getLogger("competition")
 
 SUMMARY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
-CHECKPOINT = "best"  # best.pdparams + best.pdopt
+CHECKPOINT = "best"  # best.pdparams: the weights of the best epoch (the EMA's when --ema is on)
 LAST = "last.ckpt"  # everything needed to resume after the last finished epoch
+VALIDATION = "validation.npz"  # the validation rows and the best checkpoint's probabilities on them
+VALIDATION_JSON = "validation.json"  # {"val_acc": …, "val_acc_tta": …} of the best checkpoint (the report's)
+
+
+@dataclass
+class TrainState:
+    """Where training stands after its last finished epoch; saved in last.ckpt."""
+
+    epoch: int = 0
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    ema: Optional[dict[str, np.ndarray]] = None  # the weight average (--ema), as numpy arrays
+
+    def record(self, row: dict[str, float]) -> bool:
+        """Add a finished epoch's summary row; True when it is the best so far (always, without validation)."""
+        self.history.append(row)
+        self.epoch = int(row["epoch"])
+        # Without a validation split the last epoch is the one to keep.
+        improved = math.isnan(row["val_acc"]) or row["val_acc"] > self.best_acc
+        if improved:
+            self.best_acc, self.best_epoch = row["val_acc"], self.epoch
+        return improved
+
+
+@dataclass
+class Validation:
+    """A run's validation rows and the best checkpoint's probabilities on them (validation.npz)."""
+
+    indices: np.ndarray  # int64 [N]: rows of the training table (after --rows)
+    images: np.ndarray  # uint8 [N, 784]
+    labels: np.ndarray  # int64 [N]
+    probs: np.ndarray  # float32 [N, 10]
+    tta_probs: np.ndarray  # the same averaged with the mirrored images' (predict --tta)
+
+    @property
+    def preds(self) -> np.ndarray:
+        """Predicted classes [N]."""
+        return self.probs.argmax(axis=1)
+
+    def accuracies(self) -> dict[str, float]:
+        """Accuracy without and with flip test-time augmentation."""
+        return {"val_acc": float((self.preds == self.labels).mean()),
+                "val_acc_tta": float((self.tta_probs.argmax(axis=1) == self.labels).mean())}
+
+    def save(self, run_dir: Path) -> None:
+        """Write validation.npz (compressed: 10,000 rows take about 3 MB)."""
+        with atomic_path(Path(run_dir) / VALIDATION) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Optional["Validation"]:
+        """What save() wrote, or None when the run has not finished (or has no validation split)."""
+        path = Path(run_dir) / VALIDATION
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls)})
+        except (OSError, ValueError, KeyError) as exc:
+            raise CompetitionError(f"{path}: cannot be read ({exc}); train --resume the run to write it again.") \
+                from None
+
+
+class RunWriter:
+    """The one writer of a run folder during training; on ranks other than 0 every method does nothing."""
+
+    def __init__(self, run_dir: Path, active: bool, launched: bool = False):
+        self.run_dir, self.active = Path(run_dir), active
+        # Rank 0 of a launched run shows its progress through a file; the launching process draws the bar.
+        self.progress = ProgressFile(self.run_dir) if active and launched else None
+
+    @contextlib.contextmanager
+    def logging(self) -> Iterator[None]:
+        """Rank 0 logs to the console and train.log; other ranks only warn (their launcher log keeps it)."""
+        if self.active:
+            with _log_to(self.run_dir / "train.log"):
+                yield
+            return
+        level = log.level
+        log.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            log.setLevel(level)
+
+    def begin(self, model: nn.Layer, optimizer: paddle.optimizer.Optimizer, state: TrainState) -> None:
+        """Save the untrained state, so that a run interrupted in epoch 1 can resume."""
+        if self.active:
+            save_state(self.run_dir, model, optimizer, state)
+
+    def resumed(self, state: TrainState) -> None:
+        """Drop what an unfinished epoch left in steps.csv: it is trained again."""
+        if self.active:
+            trim_step_losses(self.run_dir, state.epoch)
+
+    def best(self, model: nn.Layer) -> None:
+        """Write best.pdparams atomically."""
+        if self.active:
+            with atomic_path(self.run_dir / f"{CHECKPOINT}.pdparams") as tmp:
+                paddle.save(model.state_dict(), str(tmp))
+
+    def epoch(self, state: TrainState, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
+              losses: list[float]) -> None:
+        """Write the epoch's figures and everything a resume needs."""
+        if self.active:
+            append_step_losses(self.run_dir, state.epoch, losses)
+            write_summary(self.run_dir, state.history)
+            save_state(self.run_dir, model, optimizer, state)
+
+    def finish(self, validation: Optional[Validation]) -> None:
+        """The end of training: the export for paddle.inference has been written; save the validation rows."""
+        if self.active and validation is not None:
+            validation.save(self.run_dir)
+        if self.progress is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.progress.path.unlink()
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    """Also write the package's log records to a file in the run folder."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 def create_run_dir(runs_dir: str, model: str) -> Path:
@@ -46,11 +185,10 @@ def save_config(run_dir: Path, config: Config) -> None:
         config.save(tmp)
 
 
-def save_checkpoint(run_dir: Path, model: nn.Layer, optimizer: paddle.optimizer.Optimizer) -> None:
-    """Write best.pdparams and best.pdopt, each atomically."""
-    for state, ext in ((model.state_dict(), "pdparams"), (optimizer.state_dict(), "pdopt")):
-        with atomic_path(run_dir / f"{CHECKPOINT}.{ext}") as tmp:
-            paddle.save(state, str(tmp))
+def save_run_files(run_dir: Path, config: Config, runtime: Runtime) -> None:
+    """config.json (what was asked for) and runtime.json (what it runs on), before training starts."""
+    save_config(run_dir, config)
+    runtime.save(run_dir)
 
 
 def write_summary(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -60,18 +198,18 @@ def write_summary(run_dir: Path, history: list[dict[str, float]]) -> None:
 
 
 def save_state(run_dir: Path, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
-               progress: dict[str, Any]) -> None:
+               progress: TrainState) -> None:
     """Write last.ckpt in one atomic rename: weights, optimizer (and its LR schedule),
-    the training progress and every random-generator state."""
+    the training state and every random-generator state."""
     state = {"model": _to_bytes(model.state_dict()), "optimizer": _to_bytes(optimizer.state_dict()),
-             "progress": progress, "random": random.getstate(), "numpy": np.random.get_state(),
-             "paddle": paddle.get_rng_state()}
+             "progress": dataclasses.asdict(progress), "random": random.getstate(),
+             "numpy": np.random.get_state(), "paddle": paddle.get_rng_state()}
     with atomic_path(run_dir / LAST) as tmp:
         tmp.write_bytes(pickle.dumps(state))
 
 
-def load_state(run_dir: Path, model: nn.Layer, optimizer: paddle.optimizer.Optimizer) -> dict[str, Any]:
-    """Restore what save_state wrote; returns the training progress."""
+def load_state(run_dir: Path, model: nn.Layer, optimizer: paddle.optimizer.Optimizer) -> TrainState:
+    """Restore what save_state wrote; returns the training state."""
     path = Path(run_dir) / LAST
     try:
         state = pickle.loads(path.read_bytes())
@@ -89,7 +227,7 @@ def load_state(run_dir: Path, model: nn.Layer, optimizer: paddle.optimizer.Optim
     random.setstate(state["random"])
     np.random.set_state(state["numpy"])
     paddle.set_rng_state(state["paddle"])
-    return state["progress"]
+    return TrainState(**state["progress"])
 
 
 def _to_bytes(state_dict: dict) -> bytes:

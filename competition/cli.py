@@ -13,16 +13,15 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from . import checkpoint, parallel, report, submission
+from . import api, checkpoint, parallel, report, submission
+from .api import DEFAULT_OUT
 from .bench import BenchSettings, run_bench
 from .config import CONV_CHOICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Config, from_preset
 from .data import TRAIN_FILE, data_file, read_train_csv
-from .errors import CompetitionError, TrainingInterrupted
+from .errors import CompetitionError
 from .models import MODELS, build_model
-from .predict import accuracy_on, load_test_table, predict_run
-from .train import RunResult, prepare_resume, prepare_run, run_result, select_device, train_run
-
-DEFAULT_OUT = "submissions/submission.csv"
+from .parallel import Nodes
+from .predict import accuracy_on, load_test_table
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,6 +85,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    "weights, sums and validation stay float32)")
     p.add_argument("--nproc", type=int, metavar="N", help="data-parallel processes; the global batch and "
                    "learning rate stay the same (default: one per CPU core or GPU; env COMPETITION_NPROC)")
+    p.add_argument("--nnodes", type=int, metavar="N", help="machines of a multi-node job (default 1); start "
+                   "`competition train` with the same options on each, adding --node-rank and --master")
+    p.add_argument("--node-rank", type=int, metavar="R", help="this machine's place in the job, 0 to N-1; "
+                   "node 0 creates the run folder (--runs-dir on storage every node sees)")
+    p.add_argument("--master", metavar="HOST:PORT", help="node 0's address and a free port, the same on every node")
     p.set_defaults(func=cmd_train)
 
 
@@ -174,64 +178,65 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) and report the best validation accuracy and the run folder."""
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     run = given.pop("resume", None)
+    nodes = _nodes(given.pop("node_rank", None), given.pop("master", None), given.get("nnodes", 1))
     if run is None:
         config = from_preset(given.pop("preset", None), **given, extra={"argv": sys.argv[1:]})
-        if config.nproc is None:
-            config.nproc = parallel.default_nproc(config.batch_size)
-        run_dir, data = prepare_run(config)
-        result = _train(run_dir, config, resume=False, data=data)
+        result = api.fit(config, nodes)
     else:
-        fixed = sorted(set(given) - {"epochs"})
+        fixed = sorted(set(given) - {"epochs", "nnodes"})
         if fixed:
             names = ", ".join("--" + name.replace("_", "-") for name in fixed)
             raise CompetitionError(f"--resume continues {run} with its saved configuration; "
                                    f"drop {names} (only --epochs may change).")
-        config = prepare_resume(Path(run), given.get("epochs"))
-        result = _train(Path(run), config, resume=True)
-    report.write_report(result.run_dir)
+        result = api.resume(Path(run), given.get("epochs"), nodes)
+    if nodes.rank > 0:
+        print(f"node {nodes.rank}: its ranks finished; node 0 writes the report of {result.run_dir}")
+        return 0
     if result.best_val_acc is None:
         print(f"trained on every row (no validation split); run folder: {result.run_dir}")
     else:
-        print(report.format_per_class(pd.read_csv(result.run_dir / "per_class.csv")))
-        tta = json.loads((result.run_dir / report.VALIDATION_JSON).read_text())["val_acc_tta"]
-        print(f"best validation accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch}; "
-              f"{tta:.4f} with flip TTA); run folder: {result.run_dir} (see report.md there)")
+        print(report.format_per_class(pd.read_csv(result.run_dir / report.PER_CLASS_CSV)))
+        tta = f"; {result.val_acc_tta:.4f} with flip TTA" if result.val_acc_tta is not None else ""
+        print(f"best validation accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch}{tta}); "
+              f"run folder: {result.run_dir} (see report.md there)")
     return 0
 
 
-def _train(run_dir: Path, config: Config, resume: bool, data=None) -> RunResult:
-    """Train in this process, or on config.nproc processes through Paddle's launcher."""
-    if (config.nproc or 1) == 1:
-        return train_run(run_dir, resume=resume, data=data)
-    worker_args = ["train", str(run_dir)] + (["--resume"] if resume else [])
-    code = parallel.launch(worker_args, config.nproc, run_dir / "logs",
-                           select_device(config.device, config.conv, config.precision))
-    if code != 0:
-        raise TrainingInterrupted(
-            f"training stopped on one of its {config.nproc} processes (exit {code}; logs in {run_dir}/logs/); "
-            f"finished epochs are saved; continue with: competition train --resume {run_dir}")
-    return run_result(run_dir)
+def _nodes(node_rank: Optional[int], master: Optional[str], count: int) -> Nodes:
+    """This machine's part of a multi-node job, checked: --node-rank 0..N-1 and --master HOST:PORT."""
+    if count == 1:
+        if node_rank or master:
+            raise CompetitionError("--node-rank and --master are for multi-node jobs; add --nnodes N (2 or more).")
+        return Nodes()
+    if count < 1:
+        raise CompetitionError(f"--nnodes must be at least 1, got {count}.")
+    if node_rank is None or not 0 <= node_rank < count:
+        raise CompetitionError(f"--nnodes {count} needs --node-rank from 0 to {count - 1} for this machine, "
+                               f"got {node_rank}.")
+    host, _, port = (master or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise CompetitionError(f"--nnodes {count} needs --master HOST:PORT (node 0's address), got {master!r}.")
+    return Nodes(count, node_rank, master)
 
 
 def _run_dirs(args: argparse.Namespace) -> list[Path]:
     return [Path(run) for run in args.run] if args.run else [checkpoint.newest_run(args.runs_dir)]
 
 
-def _run_dir(args: argparse.Namespace) -> Path:
-    return Path(args.run) if args.run else checkpoint.newest_run(args.runs_dir)
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     """Write the submission and say what it came from."""
     run_dirs = _run_dirs(args)
-    table = load_test_table(args.test, args.data_dir)
-    result = predict_run(run_dirs, table, Path(args.out), tta=args.tta)
+    result = api.submit(run_dirs, tta=args.tta, out=args.out, test=args.test, data_dir=args.data_dir)
     tta = " with mirrored test images (TTA)" if args.tta else ""
     if len(run_dirs) > 1:
         print(f"ensemble of {len(run_dirs)} runs{tta}: {', '.join(map(str, run_dirs))}")
+    elif result.val_acc is None:
+        print(f"run {run_dirs[0]}{tta}: validation accuracy none (trained on every row)")
+    elif args.tta and result.val_acc_tta is not None:
+        print(f"run {run_dirs[0]}{tta}: validation accuracy {result.val_acc_tta:.4f} with TTA "
+              f"({result.val_acc:.4f} without)")
     else:
-        acc = "none (trained on every row)" if result.val_acc is None else f"{result.val_acc:.4f}"
-        print(f"run {run_dirs[0]}{tta}: validation accuracy {acc}")
+        print(f"run {run_dirs[0]}{tta}: validation accuracy {result.val_acc:.4f}")
     print(f"submission: {result.path} ({result.rows} rows; archived as {result.archived})")
     return 0
 
@@ -306,8 +311,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Regenerate a run's report from its folder."""
-    run_dir = _run_dir(args)
-    for path in report.write_report(run_dir):
+    for path in api.view_report(args.run, args.runs_dir).files:
         print(path)
     return 0
 
@@ -342,4 +346,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"competition {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return parallel.INTERRUPTED

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union, get_args, get_origin, get_type_hints
 
 from .errors import CompetitionError
 
@@ -45,6 +47,8 @@ class Config:
     # Data-parallel processes; each takes batch_size / nproc rows of every batch.
     # None: one per core (CPU) or GPU, resolved by the CLI before the run starts.
     nproc: Optional[int] = None
+    # Machines of a multi-node job (each runs nproc processes; see README "Several machines").
+    nnodes: int = 1
     # CPU conv and 2x2 max-pool layers: onednn (the compiled kernels of kernels.cc), paddle
     # (Paddle's own), or auto (onednn when they build, else paddle). Same results, ~2x faster.
     conv: str = "auto"
@@ -55,52 +59,90 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, e.g. the command line
 
     def validate(self) -> "Config":
-        """Raise CompetitionError for settings no run can satisfy."""
-        checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}."),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
-            (self.val_size >= 0, f"--val-size must be 0 or more, got {self.val_size}."),
-            (self.rows is None or self.rows >= 1, f"--rows must be at least 1, got {self.rows}."),
-            (self.max_steps is None or self.max_steps >= 1,
-             f"--max-steps must be at least 1, got {self.max_steps}."),
-            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}."),
-            (self.schedule in SCHEDULES,
-             f"unknown schedule '{self.schedule}'; expected one of {', '.join(SCHEDULES)}."),
-            (self.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}."),
-            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}."),
-            (0 <= self.crop_pad <= 8, f"--crop-pad must be 0 to 8 pixels, got {self.crop_pad}."),
-            (0 <= self.erase <= 1, f"--erase must be a probability from 0 to 1, got {self.erase}."),
-            (0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}."),
-            (self.optimizer in OPTIMIZERS,
-             f"unknown optimizer '{self.optimizer}'; expected one of {', '.join(OPTIMIZERS)}."),
-            (self.nproc is None or self.nproc >= 1, f"--nproc must be at least 1, got {self.nproc}."),
-            (self.nproc is None or self.batch_size % self.nproc == 0,
-             f"--batch-size {self.batch_size} does not split evenly over --nproc {self.nproc}; "
-             "expected a multiple of the process count."),
-            (self.conv in CONV_CHOICES, f"unknown conv '{self.conv}'; expected one of {', '.join(CONV_CHOICES)}."),
-            (self.precision in PRECISIONS,
-             f"unknown precision '{self.precision}'; expected one of {', '.join(PRECISIONS)}."),
-            (self.device in ("auto", "cpu", "gpu"),
-             f"unknown device '{self.device}'; expected auto, cpu or gpu."),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise CompetitionError(message)
+        """Raise CompetitionError, in command-line wording, for settings no run can satisfy."""
+        problem = self._range_problem()
+        if problem is not None:
+            raise CompetitionError(problem[1])
         return self
+
+    def _range_problem(self) -> Optional[tuple[str, str, str]]:
+        """The first setting out of range: (key, command-line message, what a config.json needs)."""
+        checks = [
+            ("epochs", self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}.", "at least 1"),
+            ("lr", self.lr > 0, f"--lr must be positive, got {self.lr}.", "a positive number"),
+            ("batch_size", self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}.",
+             "at least 1"),
+            ("val_size", self.val_size >= 0, f"--val-size must be 0 or more, got {self.val_size}.", "0 or more"),
+            ("rows", self.rows is None or self.rows >= 1, f"--rows must be at least 1, got {self.rows}.",
+             "at least 1 or null"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1,
+             f"--max-steps must be at least 1, got {self.max_steps}.", "at least 1 or null"),
+            ("weight_decay", self.weight_decay >= 0,
+             f"--weight-decay must be 0 or more, got {self.weight_decay}.", "0 or more"),
+            ("schedule", self.schedule in SCHEDULES,
+             f"unknown schedule '{self.schedule}'; expected one of {', '.join(SCHEDULES)}.",
+             f"one of {', '.join(SCHEDULES)}"),
+            ("warmup_epochs", self.warmup_epochs >= 0,
+             f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}.", "0 or more"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1,
+             f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.", "a number in [0, 1)"),
+            ("crop_pad", 0 <= self.crop_pad <= 8, f"--crop-pad must be 0 to 8 pixels, got {self.crop_pad}.",
+             "0 to 8 pixels"),
+            ("erase", 0 <= self.erase <= 1, f"--erase must be a probability from 0 to 1, got {self.erase}.",
+             "a probability from 0 to 1"),
+            ("ema", 0 <= self.ema < 1, f"--ema must be a decay in [0, 1), got {self.ema}.", "a decay in [0, 1)"),
+            ("optimizer", self.optimizer in OPTIMIZERS,
+             f"unknown optimizer '{self.optimizer}'; expected one of {', '.join(OPTIMIZERS)}.",
+             f"one of {', '.join(OPTIMIZERS)}"),
+            ("nproc", self.nproc is None or self.nproc >= 1, f"--nproc must be at least 1, got {self.nproc}.",
+             "at least 1 or null"),
+            ("nnodes", self.nnodes >= 1, f"--nnodes must be at least 1, got {self.nnodes}.", "at least 1"),
+            ("batch_size", self.nproc is None or self.batch_size % (self.nproc * self.nnodes) == 0,
+             f"--batch-size {self.batch_size} does not split evenly over --nproc {self.nproc}"
+             + (f" x --nnodes {self.nnodes}" if self.nnodes > 1 else "") + "; "
+             "expected a multiple of the process count.", f"a multiple of the process count ({(self.nproc or 1) * self.nnodes})"),
+            ("conv", self.conv in CONV_CHOICES,
+             f"unknown conv '{self.conv}'; expected one of {', '.join(CONV_CHOICES)}.",
+             f"one of {', '.join(CONV_CHOICES)}"),
+            ("precision", self.precision in PRECISIONS,
+             f"unknown precision '{self.precision}'; expected one of {', '.join(PRECISIONS)}.",
+             f"one of {', '.join(PRECISIONS)}"),
+            ("device", self.device in ("auto", "cpu", "gpu"),
+             f"unknown device '{self.device}'; expected auto, cpu or gpu.", "one of auto, cpu, gpu"),
+        ]
+        return next(((key, message, expected) for key, ok, message, expected in checks if not ok), None)
+
+    @classmethod
+    def of_preset(cls, name: Optional[str], **options: Any) -> "Config":
+        """A named recipe (quick, default, best) with `options` on top: Config.of_preset("quick", epochs=2)."""
+        return from_preset(name, **options)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form of the configuration."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Config":
-        """Rebuild a configuration; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+    def from_dict(cls, values: Any, source: Optional[Path] = None) -> "Config":
+        """Rebuild a checked configuration: wrong types, out-of-range values and unknown keys are errors.
+
+        Messages name `source` (the config.json) when given, the key, the value and what was expected.
+        """
+        where = f"{source}: " if source is not None else ""
+        if not isinstance(values, dict):
+            raise CompetitionError(f"{where}holds {_json_kind(values)}; expected a JSON object of settings.")
+        unknown = sorted(set(values) - set(FIELD_TYPES))
         if unknown:
-            raise CompetitionError(f"unknown configuration keys: {', '.join(unknown)}.")
-        return cls(**values)
+            raise CompetitionError(f"{where}unknown configuration keys: {', '.join(unknown)}.")
+        for key, value in values.items():
+            fits, expected = _fits(FIELD_TYPES[key], value)
+            if not fits:
+                raise CompetitionError(f"{where}key '{key}' is {_shown(value)}; expected {expected}.")
+        config = cls(**values)
+        problem = config._range_problem()
+        if problem is not None:
+            key, _, expected = problem
+            raise CompetitionError(f"{where}key '{key}' is {_shown(getattr(config, key))}; expected {expected}.")
+        return config
 
     def save(self, path: Path) -> None:
         """Write the configuration as JSON."""
@@ -108,17 +150,68 @@ class Config:
 
     @classmethod
     def load(cls, path: Path) -> "Config":
-        """Read a configuration written by save()."""
+        """Read and check a configuration written by save() (and perhaps edited by hand since)."""
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
+            values = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CompetitionError(f"{path}: cannot read the run configuration ({exc}).") from None
-
+        return cls.from_dict(values, source=path)
 
     def model_options(self) -> dict[str, int]:
         """Keyword options for the model builder (only those that were set)."""
         options = (("width", self.width), ("depth", self.depth), ("hidden", self.hidden))
         return {k: v for k, v in options if v is not None}
+
+
+# What a config.json value of each field type must be: a test, and the words for the message.
+# bool is an int in Python, so int and float fields refuse it explicitly; float fields take ints
+# (val_size holds a row count or a fraction) but not NaN or infinity, which no setting means.
+_KINDS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number (int)"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+            "a finite number (float)"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    dict: (lambda v: isinstance(v, dict), "a JSON object"),
+}
+
+
+_UNIONS = (Union, getattr(types, "UnionType", Union))  # `int | None` is a types.UnionType (3.10+)
+
+
+def _fits(hint: Any, value: Any) -> tuple[bool, str]:
+    """Whether a JSON value fits a field's type hint, and what the hint expects, in words."""
+    if get_origin(hint) in _UNIONS:  # Optional[X], the only union the fields use
+        (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
+        fits, expected = _fits(inner, value)
+        return value is None or fits, f"{expected} or null"
+    test, expected = _KINDS[get_origin(hint) or hint]
+    return test(value), expected
+
+
+def _field_types() -> dict[str, Any]:
+    """Each field's type hint; a field of a type _KINDS cannot check fails at import, not in a run."""
+    hints = get_type_hints(Config)
+    for name, hint in hints.items():
+        optional = get_origin(hint) in _UNIONS
+        args = [arg for arg in get_args(hint) if arg is not type(None)] if optional else [hint]
+        if len(args) != 1 or (get_origin(args[0]) or args[0]) not in _KINDS:
+            raise TypeError(f"Config.{name}: config.json values of type {hint} are not checked; add it to _KINDS.")
+    return hints
+
+
+FIELD_TYPES = _field_types()
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as it is written in JSON, cut short for a one-line message."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    """What a config.json that is not an object holds: 'a JSON list ([1, 2])', '3', 'null'."""
+    return f"a JSON list ({_shown(value, 40)})" if isinstance(value, list) else _shown(value, 40)
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import paddle
 
+from .config import Config
 from .errors import CompetitionError
 from .files import atomic_path, user_cache_dir
 
@@ -352,6 +353,18 @@ def stratified_split(labels: np.ndarray, val_size: float, seed: int) -> tuple[np
     is_val = np.zeros(n, dtype=bool)
     is_val[val] = True
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+TrainingData = tuple["ImageTable", np.ndarray, np.ndarray]  # table, training indices, validation indices
+
+
+def load_training_data(config: Config) -> TrainingData:
+    """The training table (its first config.rows rows) and its seeded, stratified (train, validation) indices."""
+    table = read_train_csv(data_file(TRAIN_FILE, config.train, config.data_dir))
+    if config.rows:
+        table = table.head(config.rows)
+    train_idx, val_idx = stratified_split(table.labels, config.val_size, config.seed)
+    return table, train_idx, val_idx
 
 
 @dataclass(frozen=True)

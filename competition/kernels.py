@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator, Optional
@@ -29,9 +30,7 @@ SOURCE = Path(__file__).with_name("kernels.cc")
 HEADERS = "onednn-devel==2025.0.1"
 _PADDLE_LIBS = Path(paddle.__file__).parent / "libs"  # libdnnl.so.3 ships here
 
-_module: Optional[ModuleType] = None  # the loaded operator module, once use() succeeded
-_enabled = False
-_bf16 = False  # training convs read bfloat16 copies of their inputs
+_module: Optional[ModuleType] = None  # the loaded operator module: compiled and loaded once per process
 
 
 def headers_dir() -> Optional[Path]:
@@ -101,41 +100,6 @@ def load() -> ModuleType:
     return _module
 
 
-def use(choice: str, device: str, precision: str = "fp32") -> bool:
-    """Turn the kernels on or off for this process's CPU training: choice auto | onednn | paddle.
-
-    precision bf16 has the training convs read bfloat16 copies of their inputs, on CPUs that
-    do bfloat16 arithmetic natively; elsewhere it logs a warning and stays float32.
-    """
-    global _enabled, _bf16
-    _enabled = _bf16 = False
-    if device != "cpu":
-        if precision == "bf16":  # a preset's setting for CPUs: nothing to warn a GPU user about
-            log.info("--precision bf16 applies to the CPU kernels; %s training stays float32", device)
-        return False
-    if choice == "paddle":
-        _warn_bf16(precision, "it needs the oneDNN kernels (this run: --conv paddle)")
-        return False
-    try:
-        load()
-    except CompetitionError as exc:
-        if choice == "onednn":
-            raise
-        log.warning("training with Paddle's slower conv and pooling: %s", exc)
-        _warn_bf16(precision, "it needs the oneDNN kernels")
-        return False
-    _enabled = True
-    _bf16 = precision == "bf16" and cpu_has_bf16()
-    if precision == "bf16" and not _bf16:
-        _warn_bf16(precision, "this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX)")
-    return True
-
-
-def _warn_bf16(precision: str, why: str) -> None:
-    if precision == "bf16":
-        log.warning("training in float32, not bfloat16: %s.", why)
-
-
 def cpu_has_bf16() -> bool:
     """Whether this CPU does bfloat16 dot products natively (AVX512-BF16 or AMX-BF16); Linux only."""
     try:
@@ -145,23 +109,22 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def enabled() -> bool:
-    """Whether conv and 2x2 max-pool layers in dynamic mode run these kernels."""
-    return _enabled
+@dataclass(frozen=True)
+class CpuKernels:
+    """The compiled kernels, handed to the conv and pooling layers that may use them (models.py).
 
+    A layer built without one runs Paddle's own ops; `bf16` has the training convs read
+    bfloat16 copies of their inputs (float32 weights, sums and results).
+    """
 
-def mode() -> str:
-    """What the CPU conv layers train with now: paddle, onednn or onednn-bf16."""
-    return ("onednn-bf16" if _bf16 else "onednn") if _enabled else "paddle"
+    bf16: bool = False
 
+    def conv2d(self, x: paddle.Tensor, weight: paddle.Tensor, stride: int, padding: int) -> paddle.Tensor:
+        """oneDNN conv of NCHW float32 `x` with `weight` (out, in, kh, kw); no bias, dilation or groups."""
+        # bfloat16 only where gradients flow: validation, reports and predictions stay float32.
+        bf16 = self.bf16 and paddle.is_grad_enabled()
+        return load().onednn_conv2d(x, weight, stride, padding, not x.stop_gradient, bf16)
 
-def conv2d(x: paddle.Tensor, weight: paddle.Tensor, stride: int, padding: int) -> paddle.Tensor:
-    """oneDNN conv of NCHW float32 `x` with `weight` (out, in, kh, kw); no bias, dilation or groups."""
-    # bfloat16 only where gradients flow: validation, reports and predictions stay float32.
-    bf16 = _bf16 and paddle.is_grad_enabled()
-    return load().onednn_conv2d(x, weight, stride, padding, not x.stop_gradient, bf16)
-
-
-def max_pool2x2(x: paddle.Tensor) -> paddle.Tensor:
-    """2x2 max pooling with stride 2 of NCHW float32 `x` (odd sizes floor, as Paddle's)."""
-    return load().max_pool2x2(x)[0]
+    def max_pool2x2(self, x: paddle.Tensor) -> paddle.Tensor:
+        """2x2 max pooling with stride 2 of NCHW float32 `x` (odd sizes floor, as Paddle's)."""
+        return load().max_pool2x2(x)[0]

@@ -2,33 +2,33 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Callable, Optional
 
 import paddle
 from paddle import nn
 
-from . import kernels
 from .errors import CompetitionError
+from .kernels import CpuKernels
 
 N_CLASSES = 10
 
 
 def _kernel_input(x: paddle.Tensor) -> bool:
-    """Whether kernels.cc may take `x`: kernels on, dynamic mode, a float32 NCHW tensor on the CPU."""
-    return (kernels.enabled() and paddle.in_dynamic_mode() and x.place.is_cpu_place()
-            and x.dtype == paddle.float32 and x.ndim == 4)
+    """Whether kernels.cc may take `x`: dynamic mode, a float32 NCHW tensor on the CPU."""
+    return paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32 and x.ndim == 4
 
 
 class Conv2D(nn.Conv2D):
-    """paddle.nn.Conv2D whose CPU training runs the oneDNN kernel while kernels.use() has it on.
+    """paddle.nn.Conv2D whose CPU training runs the oneDNN kernel when built with `kernels`.
 
     Same parameters and checkpoints; exported and GPU graphs use Paddle's own conv.
     """
 
-    def __init__(self, *args: object, **kwargs: object):
+    def __init__(self, *args: object, kernels: Optional[CpuKernels] = None, **kwargs: object):
         super().__init__(*args, **kwargs)
         stride, padding = self._stride, self._updated_padding
-        self._onednn = (self.bias is None and self._groups == 1 and self._dilation == [1, 1]
+        self._kernels = kernels
+        self._onednn = (kernels is not None and self.bias is None and self._groups == 1 and self._dilation == [1, 1]
                         and self._data_format == "NCHW" and self._padding_mode == "zeros"
                         and self._padding_algorithm == "EXPLICIT"
                         and stride[0] == stride[1] and len(padding) == 2 and padding[0] == padding[1])
@@ -36,23 +36,24 @@ class Conv2D(nn.Conv2D):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """The convolution; through oneDNN in dynamic mode on the CPU when enabled."""
         if self._onednn and _kernel_input(x):
-            return kernels.conv2d(x, self.weight, self._stride[0], self._updated_padding[0])
+            return self._kernels.conv2d(x, self.weight, self._stride[0], self._updated_padding[0])
         return super().forward(x)
 
 
 class MaxPool2D(nn.MaxPool2D):
-    """paddle.nn.MaxPool2D; 2x2/stride-2 pooling trains through kernels.max_pool2x2 while it is on."""
+    """paddle.nn.MaxPool2D; 2x2/stride-2 pooling trains through `kernels` when built with them."""
 
-    def __init__(self, *args: object, **kwargs: object):
+    def __init__(self, *args: object, kernels: Optional[CpuKernels] = None, **kwargs: object):
         super().__init__(*args, **kwargs)
-        self._plain = (self.ksize in (2, [2, 2]) and self.stride in (None, 2, [2, 2])
+        self._kernels = kernels
+        self._plain = (kernels is not None and self.ksize in (2, [2, 2]) and self.stride in (None, 2, [2, 2])
                        and self.padding in (0, [0, 0]) and not self.ceil_mode and not self.return_mask
                        and self.data_format == "NCHW")
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """The pooling; through the kernel in dynamic mode on the CPU when enabled."""
         if self._plain and _kernel_input(x):
-            return kernels.max_pool2x2(x)
+            return self._kernels.max_pool2x2(x)
         return super().forward(x)
 
 
@@ -79,7 +80,7 @@ def build_conv() -> nn.Layer:
     )
 
 
-def build_cnn(width: int = 16, hidden: int = 0) -> nn.Layer:
+def build_cnn(width: int = 16, hidden: int = 0, kernels: Optional[CpuKernels] = None) -> nn.Layer:
     """The PyTorch reference's three conv+BN layers (91.89% there after 70 epochs).
 
     `width` channels in the first conv (then 2x, 4x; 16 is the reference) and, when
@@ -89,17 +90,18 @@ def build_cnn(width: int = 16, hidden: int = 0) -> nn.Layer:
 
     def block(c_in: int, c_out: int, k: int, pad: int = 0) -> list[nn.Layer]:
         # BatchNorm's shift makes a conv bias redundant; dropping it saves ~29% of a CPU step.
-        return [Conv2D(c_in, c_out, k, padding=pad, bias_attr=False), nn.BatchNorm2D(c_out), nn.ReLU()]
+        return [Conv2D(c_in, c_out, k, padding=pad, bias_attr=False, kernels=kernels), nn.BatchNorm2D(c_out),
+                nn.ReLU()]
 
     # A hidden layer is cheap capacity on a CPU: 1600x256 multiply-adds next to the convs' 2.8M.
     head = [nn.Linear(100 * width, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES)] if hidden else \
         [nn.Linear(100 * width, N_CLASSES)]
     return nn.Sequential(
         *block(1, width, 5, pad=2),
-        MaxPool2D(2),
+        MaxPool2D(2, kernels=kernels),
         *block(width, 2 * width, 3),
         *block(2 * width, 4 * width, 3),
-        MaxPool2D(2),
+        MaxPool2D(2, kernels=kernels),
         nn.Flatten(),
         *head,
     )
@@ -116,17 +118,17 @@ def _check_sizes(model: str, **sizes: object) -> None:
 class BasicBlock(nn.Layer):
     """Two 3x3 conv+BN layers added to a shortcut: identity, or a 1x1 projection when the shape changes."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, kernels: Optional[CpuKernels] = None):
         super().__init__()
-        self.conv1 = Conv2D(c_in, c_out, 3, stride=stride, padding=1, bias_attr=False)
+        self.conv1 = Conv2D(c_in, c_out, 3, stride=stride, padding=1, bias_attr=False, kernels=kernels)
         self.bn1 = nn.BatchNorm2D(c_out)
-        self.conv2 = Conv2D(c_out, c_out, 3, padding=1, bias_attr=False)
+        self.conv2 = Conv2D(c_out, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
         self.bn2 = nn.BatchNorm2D(c_out)
         self.relu = nn.ReLU()
         # Identity as a layer, not an `if` in forward(): the graph stays the same for paddle.jit.save.
         self.shortcut: nn.Layer = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(Conv2D(c_in, c_out, 1, stride=stride, bias_attr=False),
+            self.shortcut = nn.Sequential(Conv2D(c_in, c_out, 1, stride=stride, bias_attr=False, kernels=kernels),
                                           nn.BatchNorm2D(c_out))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -135,17 +137,17 @@ class BasicBlock(nn.Layer):
         return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-def build_resnet(width: int = 32, depth: int = 2) -> nn.Layer:
+def build_resnet(width: int = 32, depth: int = 2, kernels: Optional[CpuKernels] = None) -> nn.Layer:
     """A small ResNet for 28x28 images: stages of `depth` blocks, width/2w/4w channels at 28/14/7 pixels."""
     _check_sizes("resnet", width=width, depth=depth)
     # No conv bias anywhere: each conv feeds a BatchNorm, whose shift replaces it.
-    layers: list[nn.Layer] = [Conv2D(1, width, 3, padding=1, bias_attr=False),
+    layers: list[nn.Layer] = [Conv2D(1, width, 3, padding=1, bias_attr=False, kernels=kernels),
                               nn.BatchNorm2D(width), nn.ReLU()]
     c_in = width
     for stage, c_out in enumerate((width, 2 * width, 4 * width)):
         for block in range(depth):
             stride = 2 if stage > 0 and block == 0 else 1
-            layers.append(BasicBlock(c_in, c_out, stride))
+            layers.append(BasicBlock(c_in, c_out, stride, kernels))
             c_in = c_out
     layers += [nn.AdaptiveAvgPool2D(1), nn.Flatten(), nn.Linear(c_in, N_CLASSES)]
     return nn.Sequential(*layers)
@@ -160,12 +162,15 @@ MODELS: dict[str, Callable[..., nn.Layer]] = {
 
 
 def model_options(name: str) -> list[str]:
-    """The keyword options a registered model's builder takes, in signature order."""
-    return list(inspect.signature(MODELS[name]).parameters)
+    """The size options a registered model's builder takes (not `kernels`), in signature order."""
+    return [option for option in inspect.signature(MODELS[name]).parameters if option != "kernels"]
 
 
-def build_model(name: str, **options: object) -> nn.Layer:
-    """Instantiate a registered model by name; options go to its builder (e.g. resnet's width, depth)."""
+def build_model(name: str, kernels: Optional[CpuKernels] = None, **options: object) -> nn.Layer:
+    """Instantiate a registered model by name; options go to its builder (e.g. resnet's width, depth).
+
+    `kernels` (from the run's runtime) puts the compiled CPU kernels into the layers that can use them.
+    """
     if name not in MODELS:
         raise CompetitionError(f"unknown model '{name}'; expected one of {', '.join(MODELS)}.")
     unknown = [option for option in options if option not in model_options(name)]
@@ -174,6 +179,8 @@ def build_model(name: str, **options: object) -> nn.Layer:
         listed = ", ".join(f"'{option}'" for option in unknown)
         raise CompetitionError(f"model '{name}' takes no option {listed}; "
                                f"{'; '.join(takers) or 'no model takes options'}.")
+    if kernels is not None and "kernels" in inspect.signature(MODELS[name]).parameters:
+        options["kernels"] = kernels
     return MODELS[name](**options)
 
 

@@ -1,17 +1,42 @@
 """Data-parallel training on several processes with Paddle's own launcher (gloo on CPU, NCCL on GPUs)."""
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Optional
 
 import paddle
 import paddle.distributed as dist
 from paddle.distributed.parallel import sync_params_buffers
 
+from .progress import EpochBar, read_progress
+
+log = logging.getLogger(__name__)
 
 WORKER = Path(__file__).with_name("worker.py")
+PARENT_ENV = "COMPETITION_PARENT_PID"  # the `competition train` process that the ranks watch
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_GRACE_S = 30  # a stopping rank that is still alive after this is killed
+INTERRUPTED = 130  # exit status of a run stopped by a signal, as a shell reports Ctrl-C
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """One node of a multi-machine job: how many nodes, this one's rank, the master's HOST:PORT."""
+
+    count: int = 1
+    rank: int = 0
+    master: str = ""
 
 
 def has_gpu() -> bool:
@@ -52,18 +77,208 @@ def init() -> None:
         dist.init_parallel_env()
 
 
-def launch(worker_args: list[str], nproc: int, log_dir: Path, device: str) -> int:
-    """Run `worker.py ARGS…` on nproc processes; each rank logs to log_dir/workerlog.N."""
+@dataclass
+class Launched:
+    """How a launched job ended on this node."""
+
+    code: int  # the launcher's exit status
+    stopped_by: Optional[int] = None  # the signal that asked this process to stop, if one did
+    failure: Optional[str] = None  # which rank failed first and why, when one did
+
+
+def launch(worker_args: list[str], nproc: int, log_dir: Path, device: str, watch: Optional[Path] = None,
+           nodes: Optional[Nodes] = None) -> Launched:
+    """Run `worker.py ARGS…` on nproc processes (of this node) and wait for them.
+
+    Each rank logs to log_dir/workerlog.N; Paddle's launcher prints to log_dir/launcher.log. With `watch`
+    (a run folder), rank 0's log lines and progress bar are shown here. SIGINT, SIGTERM and SIGHUP to
+    this process stop every rank: the launcher, in a session of its own, passes SIGTERM on to them.
+    """
     command = [sys.executable, "-W", "ignore:No ccache found", "-m", "paddle.distributed.launch",
                "--log_level", "WARNING", "--nproc_per_node", str(nproc), "--log_dir", str(log_dir)]
+    if nodes is not None and nodes.count > 1:
+        command += ["--nnodes", str(nodes.count), "--rank", str(nodes.rank), "--master", nodes.master]
     if device == "gpu":
         command += ["--devices", ",".join(str(i) for i in range(nproc))]
-    process = subprocess.Popen(command + [str(WORKER), *worker_args])
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for old in log_dir.glob("exit.*.json"):  # from an earlier attempt of a resumed run
+        old.unlink()
+    env = {**os.environ, PARENT_ENV: str(os.getpid())}
+    with open(log_dir / "launcher.log", "ab") as out:
+        process = subprocess.Popen(command + [str(WORKER), *worker_args], stdout=out, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True)
+    stop = _Stop(process)
+    with stop.on_signals():
+        _wait(process, stop, _Watcher(watch) if watch is not None else None)
+    first = (nodes.rank if nodes else 0) * nproc
+    failure = None if process.returncode == 0 or stop.signal else _failed_rank(log_dir, range(first, first + nproc))
+    return Launched(process.returncode, stop.signal, failure)
+
+
+class _Stop:
+    """The launching process's SIGINT/SIGTERM/SIGHUP handler: pass a stop to the launcher, once."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process, self.signal, self.since = process, None, 0.0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.signal is None:
+            self.signal, self.since = signum, time.monotonic()
+            log.warning("stopping every rank (signal %d)…", signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGTERM)
+
+    @contextlib.contextmanager
+    def on_signals(self) -> Iterator[None]:
+        """Install self for the stop signals in the main thread; restore the old handlers after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _wait(process: subprocess.Popen, stop: _Stop, watcher: Optional["_Watcher"]) -> None:
+    """Wait for the launcher, showing rank 0's output; kill its session if a stop takes too long."""
+    while process.poll() is None:
+        if watcher is not None:
+            watcher.poll()
+        if stop.signal is not None and time.monotonic() - stop.since > STOP_GRACE_S:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # workers notice their launcher is gone
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.25)
+    if watcher is not None:
+        watcher.poll()
+        watcher.bar.close()
+
+
+class _Watcher:
+    """Shows a launched run's new train.log lines (without their time stamps) and rank 0's progress bar."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.bar = Path(run_dir), EpochBar()
+        log_file = self.run_dir / "train.log"
+        self.offset = log_file.stat().st_size if log_file.exists() else 0  # a resumed run's old lines
+
+    def poll(self) -> None:
+        """Print what was logged since the last poll, then move the bar."""
+        with contextlib.suppress(FileNotFoundError), open(self.run_dir / "train.log", "rb") as handle:
+            handle.seek(self.offset)
+            text = handle.read()
+            complete = text[:text.rfind(b"\n") + 1]
+            self.offset += len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                self.bar.close()
+                log.info("%s", _STAMP.sub("", line, count=1))
+        figures = read_progress(self.run_dir)
+        if figures is not None and figures["done"] < figures["total"]:
+            self.bar(**figures)
+
+
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+
+
+def _failed_rank(log_dir: Path, ranks: range) -> str:
+    """Which of this node's ranks stopped the job, from the exit files the ranks leave behind and their logs.
+
+    A rank killed outright leaves no exit file; its peers then die in gloo (an abort, no exit file either),
+    and their logs name the lost peer (`pair_rank = N`); the launcher names whichever it noticed first.
+    """
+    statuses = {rank: _read_exit(log_dir, rank) for rank in ranks}
+    for rank, status in statuses.items():
+        if status is not None and status["code"] not in (0, INTERRUPTED):
+            return f"rank {rank} failed (exit {status['code']}): {status['message']}"
+    silent = [rank for rank, status in statuses.items() if status is None]
+    logs = {rank: _log_text(log_dir / f"workerlog.{rank - ranks.start}") for rank in silent}
+    lost = [rank for rank in silent if "gloo::" not in logs[rank]]
+    lost += [int(peer) for rank in silent for peer in re.findall(r"pair_rank = (\d+)", logs[rank])]
+    if lost:
+        rank = lost[0]
+        return (f"rank {rank} stopped without an exit status (killed, or out of memory?), so the others "
+                f"were stopped; see {log_dir}/workerlog.{rank - ranks.start}")
+    return "a rank on another node stopped the job"
+
+
+def _log_text(path: Path) -> str:
     try:
-        return process.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C reached the workers too (same process group): let them save and stop.
-        return process.wait()
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _read_exit(log_dir: Path, rank: int) -> Optional[dict]:
+    try:
+        return json.loads((log_dir / f"exit.{rank}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --- inside each launched rank ----------------------------------------------------------------
+
+def write_exit(rank: int, code: int, message: str = "") -> None:
+    """Leave this rank's exit status for the launching process (log_dir/exit.RANK.json)."""
+    log_dir = os.environ.get("PADDLE_LOG_DIR")
+    if log_dir:
+        with contextlib.suppress(OSError):
+            (Path(log_dir) / f"exit.{rank}.json").write_text(json.dumps({"rank": rank, "code": code,
+                                                                          "message": message}))
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, once: repeats (the
+    launcher sends SIGTERM up to three times) are ignored while training unwinds and saves."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not raised:
+            raised.append(signum)
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def watch_parent(interval: float = 1.0) -> None:
+    """Stop this rank (SIGTERM to itself) when `competition train` or the launcher is gone, e.g. after kill -9."""
+    parent = int(os.environ.get(PARENT_ENV, 0))
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while (not parent or _alive(parent)) and os.getppid() == launcher:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(STOP_GRACE_S)  # stuck in a collective whose peer is gone: leave anyway
+        os._exit(INTERRUPTED)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 def mean_over_ranks(metrics: dict[str, float]) -> dict[str, float]:

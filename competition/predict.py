@@ -1,12 +1,13 @@
 """Prediction: a run's model on an unlabeled test file, written as a contest submission."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,7 @@ class Submission:
     archived: Path
     rows: int
     val_acc: Optional[float]  # None without a validation split, and for ensembles
+    val_acc_tta: Optional[float] = None  # the same with flip TTA (validation.json), when known
     runs: list[Path] = field(default_factory=list)  # the run folders whose probabilities were averaged
     tta: bool = False
 
@@ -112,16 +114,23 @@ def flip_images(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(square[:, :, ::-1]).reshape(len(square), SIDE * SIDE)
 
 
+def with_flips(probs_of: Callable[[np.ndarray], np.ndarray],
+               images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(plain, mirror-averaged) probabilities from one pass over the images and their mirrors
+    (the model is loaded and warmed up once)."""
+    both = probs_of(np.concatenate([images, flip_images(images)]))
+    plain = both[:len(images)]
+    return plain, (plain + both[len(images):]) / 2
+
+
 def run_probs(run_dir: Path, images: np.ndarray, tta: bool = False) -> np.ndarray:
     """A run's probabilities (exported inference model, else dygraph); tta averages in the mirror images."""
-    if not tta:
-        return _model_probs(Path(run_dir), images)
-    # One pass over images and mirrors together: the model is loaded and warmed up once.
-    probs = _model_probs(Path(run_dir), np.concatenate([images, flip_images(images)]))
-    return (probs[:len(images)] + probs[len(images):]) / 2
+    probs_of = functools.partial(model_probs, Path(run_dir))
+    return with_flips(probs_of, images)[1] if tta else probs_of(images)
 
 
-def _model_probs(run_dir: Path, images: np.ndarray) -> np.ndarray:
+def model_probs(run_dir: Path, images: np.ndarray) -> np.ndarray:
+    """The best checkpoint's probabilities: through its paddle.inference export, else in dygraph."""
     probs = inference_probs(run_dir, images)
     if probs is None:
         model, _ = checkpoint.load_model(run_dir)
@@ -169,7 +178,9 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: bool = Fal
     val_acc = checkpoint.best_val_acc(runs[0]) if len(runs) == 1 else None
     stem = _archive_stem(runs, val_acc) + ("-tta" if tta else "")
     archived = archive_submission(out, Path(out).parent, stem)
-    return Submission(out, archived, len(frame), val_acc, runs, tta)
+    validation = checkpoint.Validation.load(runs[0]) if len(runs) == 1 and val_acc is not None else None
+    val_acc_tta = None if validation is None else validation.accuracies()["val_acc_tta"]
+    return Submission(out, archived, len(frame), val_acc, val_acc_tta, runs, tta)
 
 
 def _archive_stem(runs: list[Path], val_acc: Optional[float]) -> str:

@@ -18,43 +18,22 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from paddle import nn  # noqa: E402
 
 from . import checkpoint  # noqa: E402
+from .checkpoint import VALIDATION_JSON, Validation  # noqa: E402
 from .config import Config  # noqa: E402
 from .data import CLASS_NAMES, SIDE, ImageTable  # noqa: E402
 from .errors import CompetitionError  # noqa: E402
-from .models import count_parameters  # noqa: E402
-from .predict import flip_images, predict_probs  # noqa: E402
-from .train import load_training_data  # noqa: E402
+from .models import build_model, count_parameters  # noqa: E402
+from .runtime import RUNTIME, Runtime  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 DPI = 100  # with every figsize >= 4 inches, each PNG is at least 400x400 px
 CURVES, CONFUSION, MISTAKES = "curves.png", "confusion.png", "mistakes.png"
 PER_CLASS_CSV, PER_CLASS_PNG, REPORT = "per_class.csv", "per_class.png", "report.md"
-VALIDATION_JSON = "validation.json"  # {"val_acc": …, "val_acc_tta": …} of the best checkpoint
 PER_CLASS_COLUMNS = ["class", "name", "correct", "total", "accuracy"]
 COMPARE_COLUMNS = ["run", "model", "best_epoch", "best_val_acc", "epochs", "seconds"]
 MAX_MISTAKES = 25  # a 5x5 grid
 TITLE_BY = ("auto", "label", "id")
-
-
-@dataclass
-class Validation:
-    """A run's validation rows and the best checkpoint's probabilities on them."""
-
-    images: np.ndarray  # uint8 [N, 784]
-    labels: np.ndarray  # int64 [N]
-    probs: np.ndarray  # float32 [N, 10]
-    tta_probs: np.ndarray  # the same averaged with the mirrored images' (predict --tta)
-
-    @property
-    def preds(self) -> np.ndarray:
-        """Predicted classes [N]."""
-        return self.probs.argmax(axis=1)
-
-    def accuracies(self) -> dict[str, float]:
-        """Accuracy without and with flip test-time augmentation."""
-        return {"val_acc": float((self.preds == self.labels).mean()),
-                "val_acc_tta": float((self.tta_probs.argmax(axis=1) == self.labels).mean())}
 
 
 # --- tables ---------------------------------------------------------------------------------
@@ -125,23 +104,6 @@ def read_steps(run_dir: Path) -> Optional[pd.DataFrame]:
     if not {"epoch", "step", "loss"} <= set(steps.columns):
         raise CompetitionError(f"{path}: expected columns epoch,step,loss, found {','.join(steps.columns)}.")
     return steps
-
-
-def validation_predictions(run_dir: Path, model: nn.Layer, config: Config) -> Validation:
-    """Re-predict the run's validation rows, rebuilt from its seeded split, with `model`."""
-    try:
-        table, _, val_idx = load_training_data(config)
-    except CompetitionError as exc:
-        raise CompetitionError(f"{run_dir}: the report re-predicts the run's validation rows, "
-                               f"but its training data cannot be read: {exc}") from None
-    if not len(val_idx):
-        raise CompetitionError(f"{run_dir}: summary.csv has validation scores but config.json "
-                               f"(val_size {config.val_size:g}) gives no validation rows.")
-    images = table.images[val_idx]
-    # One pass over the images and their mirrors, as `predict --tta` does.
-    both = predict_probs(model, np.concatenate([images, flip_images(images)]))
-    probs, mirrored = both[:len(images)], both[len(images):]
-    return Validation(images, table.labels[val_idx], probs, (probs + mirrored) / 2)
 
 
 # --- pictures -------------------------------------------------------------------------------
@@ -297,24 +259,34 @@ def show_data(table: ImageTable, n: int, out: Path, title_by: str = "auto") -> P
 # --- the report -----------------------------------------------------------------------------
 
 def write_report(run_dir: Path) -> list[Path]:
-    """Rebuild a run's pictures, per-class table and report.md from its folder alone (no training)."""
+    """Write a run's pictures, per-class table and report.md from its folder alone (nothing is evaluated:
+    the validation rows and the best checkpoint's probabilities on them are in validation.npz)."""
     run_dir = Path(run_dir)
     summary = checkpoint.read_summary(run_dir)
-    model, config = checkpoint.load_model(run_dir)
+    config = Config.load(run_dir / "config.json")
     written = [plot_curves(summary, read_steps(run_dir), run_dir / CURVES)]
-    table, tta_acc = None, None
-    if has_validation(summary):
-        val = validation_predictions(run_dir, model, config)
-        table = per_class_table(val.labels, val.preds)
+    val = Validation.load(run_dir) if has_validation(summary) else None
+    table = None if val is None else per_class_table(val.labels, val.preds)
+    if val is not None:
         _check_matches_summary(run_dir, table, summary)
         written += _validation_files(run_dir, val, table)
-        tta_acc = val.accuracies()["val_acc_tta"]
-    text = report_markdown(run_dir, config, summary, count_parameters(model), table, tta_acc)
+    text = report_markdown(run_dir, config, summary, _parameters(config), table,
+                           None if val is None else val.accuracies()["val_acc_tta"], _runtime_line(run_dir))
     with checkpoint.atomic_path(run_dir / REPORT) as tmp:
         tmp.write_text(text)
     written.append(run_dir / REPORT)
     log.info("report of %s: %s", run_dir, ", ".join(p.name for p in written))
     return written
+
+
+def _parameters(config: Config) -> int:
+    """The model's parameter count (building it is instant; no weights are read)."""
+    return count_parameters(build_model(config.model, **config.model_options()))
+
+
+def _runtime_line(run_dir: Path) -> Optional[str]:
+    """What the run trained on (runtime.json), or None for runs from before it existed."""
+    return Runtime.load(run_dir).describe() if (run_dir / RUNTIME).is_file() else None
 
 
 def _validation_files(run_dir: Path, val: Validation, table: pd.DataFrame) -> list[Path]:
@@ -328,24 +300,30 @@ def _validation_files(run_dir: Path, val: Validation, table: pd.DataFrame) -> li
 
 
 def _check_matches_summary(run_dir: Path, table: pd.DataFrame, summary: pd.DataFrame) -> None:
-    """Warn when the re-predicted accuracy is not the recorded best (the training file changed?)."""
+    """Warn when validation.npz does not score the recorded best (a damaged or edited run folder?)."""
     recomputed = table["correct"].sum() / table["total"].sum()
     recorded = summary["val_acc"].max()
     if abs(recomputed - recorded) > 1e-6:
-        log.warning("%s: the best checkpoint scores %.4f on the rebuilt validation rows but "
-                    "summary.csv records %.4f; has the training file changed since the run?",
-                    run_dir, recomputed, recorded)
+        log.warning("%s: validation.npz scores %.4f but summary.csv records %.4f as the best; "
+                    "was the run folder edited?", run_dir, recomputed, recorded)
 
 
 def report_markdown(run_dir: Path, config: Config, summary: pd.DataFrame, n_params: int,
-                    table: Optional[pd.DataFrame], tta_acc: Optional[float] = None) -> str:
+                    table: Optional[pd.DataFrame], tta_acc: Optional[float] = None,
+                    ran: Optional[str] = None) -> str:
     """report.md: headline numbers, pictures, per-class table and configuration."""
     rows = _headline_rows(config, summary, n_params)
     if tta_acc is not None:
         rows.insert(1, ["with flip TTA (`predict --tta`)", f"{tta_acc:.4f}"])
+    if ran is not None:
+        rows.append(["trained on (runtime.json)", ran])
     parts = [f"# Run `{Path(run_dir).name}`", "## Headline", _markdown_table(["", ""], rows),
              "## Training curves", f"![curves]({CURVES})"]
-    if table is None:
+    if table is None and has_validation(summary):
+        parts.append("**The run has not finished**: validation.npz, the best checkpoint's predictions on the "
+                     "validation rows, is written when training ends, so there is no per-class table, confusion "
+                     f"matrix or mistakes yet; continue with `competition train --resume {run_dir}`.")
+    elif table is None:
         parts.append(f"**No validation split** (`val_size` {config.val_size:g}): the model was trained "
                      "on every row and the checkpoint is the last epoch's, so there is no validation "
                      "accuracy, confusion matrix, per-class table or mistakes to show.")

@@ -6,8 +6,6 @@ import io
 import logging
 import math
 import random
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +15,16 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
-from tqdm import tqdm
 
-from . import checkpoint, kernels, parallel
+from . import checkpoint, parallel, predict, runtime
+from .checkpoint import RunWriter, TrainState, Validation
 from .config import Config
-from .errors import CompetitionError, TrainingInterrupted
-from .data import (EVAL_BATCH, TRAIN_FILE, Augment, FashionMNIST, ImageTable, data_file, make_loader,
-                   read_train_csv, stratified_split)
+from .data import EVAL_BATCH, Augment, FashionMNIST, TrainingData, load_training_data, make_loader
+from .errors import TrainingInterrupted
 from .models import build_model, count_parameters
+from .progress import EpochBar, Progress
 
 log = logging.getLogger("competition")
-Data = tuple[ImageTable, np.ndarray, np.ndarray]  # table, training indices, validation indices
 
 
 @dataclass
@@ -36,8 +33,9 @@ class RunResult:
 
     run_dir: Path
     history: list[dict[str, float]]
-    best_val_acc: Optional[float]
+    best_val_acc: Optional[float]  # None without a validation split
     best_epoch: int
+    val_acc_tta: Optional[float] = None  # the best checkpoint's accuracy with flip TTA
 
 
 class WeightAverage:
@@ -72,7 +70,7 @@ class WeightAverage:
             self.model.set_state_dict(trained)
 
     def state(self) -> dict[str, np.ndarray]:
-        """The average as numpy arrays (saved in last.ckpt)."""
+        """The average as numpy arrays (saved in last.ckpt with the train state)."""
         return {k: v.numpy() for k, v in self.shadow.items()}
 
     def load(self, state: dict[str, np.ndarray]) -> None:
@@ -81,37 +79,15 @@ class WeightAverage:
 
 
 def run_result(run_dir: Path) -> RunResult:
-    """What a finished run folder says about itself (for runs trained by other processes)."""
+    """What a finished run folder says about itself (also for runs trained by other processes)."""
     summary = checkpoint.read_summary(Path(run_dir))
     history = summary.to_dict("records")
     best = checkpoint.best_row(summary)
     if best is None:
         return RunResult(Path(run_dir), history, None, int(summary["epoch"].iloc[-1]))
-    return RunResult(Path(run_dir), history, float(best["val_acc"]), int(best["epoch"]))
-
-
-def select_device(choice: str = "auto", conv: str = "auto", precision: str = "fp32") -> str:
-    """'gpu' when Paddle has CUDA and sees a device (or it was asked for), else 'cpu'.
-
-    On the CPU, `conv` (auto | onednn | paddle) also picks the conv layers' kernel and
-    `precision` (fp32 | bf16) what its training steps compute in.
-    """
-    has_gpu = parallel.has_gpu()
-    if choice == "gpu" and not has_gpu:
-        raise CompetitionError("--device gpu: this Paddle build has no CUDA support or sees no GPU; "
-                               "install paddlepaddle-gpu (see README) or use --device cpu.")
-    device = ("gpu" if has_gpu else "cpu") if choice == "auto" else choice
-    # Each rank of a multi-GPU run uses the GPU the launcher gave it.
-    paddle.set_device(f"gpu:{parallel.local_device_id()}" if device == "gpu" and parallel.is_worker() else device)
-    kernels.use(conv, device, precision)
-    return device
-
-
-def _kernel_note() -> str:
-    """What the training log says of the CPU kernels in use."""
-    notes = {"onednn": ", conv and pool kernels of kernels.cc",
-             "onednn-bf16": ", conv and pool kernels of kernels.cc, convs reading bfloat16"}
-    return notes.get(kernels.mode(), "")
+    validation = Validation.load(Path(run_dir))
+    tta = None if validation is None else validation.accuracies()["val_acc_tta"]
+    return RunResult(Path(run_dir), history, float(best["val_acc"]), int(best["epoch"]), tta)
 
 
 def seed_everything(seed: int) -> None:
@@ -121,27 +97,20 @@ def seed_everything(seed: int) -> None:
     paddle.seed(seed)
 
 
-def load_training_data(config: Config) -> Data:
-    """The training table and its seeded, stratified (train, validation) indices."""
-    table = read_train_csv(data_file(TRAIN_FILE, config.train, config.data_dir))
-    if config.rows:
-        table = table.head(config.rows)
-    train_idx, val_idx = stratified_split(table.labels, config.val_size, config.seed)
-    return table, train_idx, val_idx
-
-
-def build_optimizer(config: Config, model: nn.Layer, steps_per_epoch: int) -> paddle.optimizer.Optimizer:
-    """The configured optimizer; its learning rate is an LRScheduler stepped every batch
-    (its state travels in the optimizer's state dict, so resume keeps the schedule)."""
+def build_optimizer(config: Config, model: nn.Layer, steps_per_epoch: int
+                    ) -> tuple[paddle.optimizer.Optimizer, paddle.optimizer.lr.LRScheduler]:
+    """The configured optimizer and its learning-rate schedule, which the training loop steps every batch
+    (the schedule's state travels in the optimizer's state dict, so resume keeps it)."""
     rate = build_schedule(config, steps_per_epoch)
     params = model.parameters()
     if config.optimizer == "adamw":
-        return paddle.optimizer.AdamW(learning_rate=rate, parameters=params, weight_decay=config.weight_decay)
+        optimizer = paddle.optimizer.AdamW(learning_rate=rate, parameters=params, weight_decay=config.weight_decay)
+        return optimizer, rate
     decay = paddle.regularizer.L2Decay(config.weight_decay) if config.weight_decay else None
     if config.optimizer == "sgd":
         return paddle.optimizer.Momentum(learning_rate=rate, momentum=0.9, use_nesterov=True,
-                                         parameters=params, weight_decay=decay)
-    return paddle.optimizer.Adam(learning_rate=rate, parameters=params, weight_decay=decay)
+                                         parameters=params, weight_decay=decay), rate
+    return paddle.optimizer.Adam(learning_rate=rate, parameters=params, weight_decay=decay), rate
 
 
 def build_schedule(config: Config, steps_per_epoch: int) -> paddle.optimizer.lr.LRScheduler:
@@ -169,44 +138,39 @@ def model_summary(model: nn.Layer) -> str:
 
 
 def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: paddle.optimizer.Optimizer,
-                    max_steps: Optional[int] = None, desc: str = "train",
-                    step_losses: Optional[list[float]] = None,
-                    label_smoothing: float = 0.0, ema: Optional[WeightAverage] = None) -> dict[str, float]:
-    """One pass over the training batches; returns mean loss, accuracy, steps and samples.
+                    scheduler: Optional[paddle.optimizer.lr.LRScheduler] = None, max_steps: Optional[int] = None,
+                    label_smoothing: float = 0.0, ema: Optional[WeightAverage] = None,
+                    progress: Optional[Progress] = None, epoch: tuple[int, int] = (1, 1)
+                    ) -> tuple[dict[str, float], list[float]]:
+    """One pass over the training batches: (mean loss, accuracy, steps and samples; each step's loss).
 
-    Each batch's loss is appended to `step_losses` when one is given.
+    `scheduler` is stepped after every batch; `progress` hears of every step of `epoch` (number, of).
     """
     model.train()
     metric = paddle.metric.Accuracy()
-    total_loss, seen = 0.0, 0
+    total_loss, seen, losses = 0.0, 0, []
     steps = min(len(loader), max_steps or len(loader))
-    # disable=None: a bar on a terminal, nothing when output goes to a file.
-    bar = tqdm(total=steps, desc=desc, unit="batch", leave=False, disable=None)
-    done = 0
     for x, y in loader:
-        if done == steps:
+        if len(losses) == steps:
             break
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()
-        if isinstance(optimizer._learning_rate, paddle.optimizer.lr.LRScheduler):
-            optimizer._learning_rate.step()  # per batch; Paddle has no public getter for it
+        if scheduler is not None:
+            scheduler.step()
         if ema is not None:
             ema.update()
         metric.update(metric.compute(logits, y.unsqueeze(1)))
-        batch_loss = float(loss)
-        if step_losses is not None:
-            step_losses.append(batch_loss)
-        total_loss += batch_loss * len(y)
+        losses.append(float(loss))
+        total_loss += losses[-1] * len(y)
         seen += len(y)
-        done += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
-    bar.close()
-    return {"loss": total_loss / seen, "acc": float(metric.accumulate()), "steps": float(done),
-            "samples": float(seen)}
+        if progress is not None:
+            progress(*epoch, len(losses), steps, total_loss / seen)
+    metrics = {"loss": total_loss / seen, "acc": float(metric.accumulate()), "steps": float(len(losses)),
+               "samples": float(seen)}
+    return metrics, losses
 
 
 @paddle.no_grad()
@@ -223,46 +187,121 @@ def evaluate(model: nn.Layer, loader: paddle.io.DataLoader) -> dict[str, float]:
     return {"loss": total_loss / max(seen, 1), "acc": float(metric.accumulate()), "samples": float(seen)}
 
 
-def fit(config: Config) -> RunResult:
-    """Train in this process: prepare the run folder, then train it."""
-    run_dir, data = prepare_run(config)
-    return train_run(run_dir, data=data)
-
-
-def prepare_run(config: Config) -> tuple[Path, Data]:
-    """Check the configuration and the data, then create the run folder with config.json.
-
-    Everything that can be refused is refused before the folder exists.
-    """
-    config.validate()
-    select_device(config.device, config.conv)  # a missing GPU (or --conv onednn kernel) fails here
-    build_model(config.model, **config.model_options())  # a bad model fails before the data is read
-    data = load_training_data(config)
-    run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
-    checkpoint.save_config(run_dir, config)
-    return run_dir, data
-
-
-def prepare_resume(run_dir: Path, epochs: Optional[int] = None) -> Config:
-    """An interrupted run's configuration, with a new epoch count saved when given."""
-    if not (Path(run_dir) / "config.json").is_file():
-        raise CompetitionError(f"{run_dir}: not a run folder (no config.json); nothing to resume.")
-    config = Config.load(Path(run_dir) / "config.json")
-    if epochs is not None:
-        config.epochs = epochs
-        checkpoint.save_config(Path(run_dir), config.validate())
-    return config
-
-
-def train_run(run_dir: Path, resume: bool = False, data: Optional[Data] = None) -> RunResult:
-    """Train the run folder's configuration, alone or as one rank of several processes."""
-    config = Config.load(Path(run_dir) / "config.json").validate()
+def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] = None) -> RunResult:
+    """Train the run folder's configuration on its runtime, alone or as one rank of several processes."""
+    run_dir = Path(run_dir)
+    config = Config.load(run_dir / "config.json").validate()
+    ran = runtime.Runtime.load(run_dir)
     parallel.init()
-    device = select_device(config.device, config.conv, config.precision)
+    cpu_kernels = runtime.apply(ran)
     seed_everything(config.seed)
-    with _stable_names():
-        model = build_model(config.model, **config.model_options())
-        return _train(config, Path(run_dir), device, model, data or load_training_data(config), resume)
+    table, train_idx, val_idx = data or load_training_data(config)
+    rank, world = parallel.world()
+    writer = RunWriter(run_dir, active=rank == 0, launched=parallel.is_worker())
+    with _stable_names(), writer.logging():
+        model = build_model(config.model, cpu_kernels, **config.model_options())
+        train_loader = make_loader(FashionMNIST(table.images[train_idx], table.labels[train_idx], _augment(config)),
+                                   config.batch_size // world, shuffle=True)  # a global batch of --batch-size
+        optimizer, scheduler = build_optimizer(config, model, _steps(config, train_loader))
+        ema = WeightAverage(model, config.ema) if config.ema else None
+        state = _start_state(writer, model, optimizer, ema, resume)
+        log.info("%s on %s; run folder: %s", f"resuming after epoch {state.epoch}" if resume else "training",
+                 ran.describe(), run_dir)
+        for note in ran.notes:
+            log.warning("%s", note)
+        log.info("data: %s, %d training rows, %d validation rows", table.path, len(train_idx), len(val_idx))
+        if rank == 0:
+            log.info("model %s, %d parameters\n%s", config.model, count_parameters(model), model_summary(model))
+        val_rows = val_idx[rank::world]  # every rank validates its share (see validate)
+        val_loader = make_loader(FashionMNIST(table.images[val_rows], table.labels[val_rows]), EVAL_BATCH,
+                                 shuffle=False) if len(val_idx) else None
+        progress = writer.progress or (EpochBar() if rank == 0 else None)
+        try:
+            _epochs(config, model, optimizer, scheduler, ema, train_loader, val_loader, state, writer, progress)
+            writer.finish(_finish(run_dir, table, val_idx) if rank == 0 else None)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"interrupted during epoch {state.epoch + 1}; epochs 1-{state.epoch} are saved in {run_dir}; "
+                f"continue with: competition train --resume {run_dir}") from None
+        finally:
+            if isinstance(progress, EpochBar):
+                progress.close()
+    return run_result(run_dir) if rank == 0 else RunResult(run_dir, state.history, None, state.best_epoch)
+
+
+def _steps(config: Config, loader: paddle.io.DataLoader) -> int:
+    return min(len(loader), config.max_steps or len(loader))
+
+
+def _start_state(writer: RunWriter, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
+                 ema: Optional[WeightAverage], resume: bool) -> TrainState:
+    """A new run's state (saved at once, so an interrupted epoch 1 can resume), or the saved one."""
+    if not resume:
+        state = TrainState(ema=ema.state() if ema else None)
+        writer.begin(model, optimizer, state)
+        return state
+    state = checkpoint.load_state(writer.run_dir, model, optimizer)
+    if ema is not None:
+        ema.load(state.ema)
+    writer.resumed(state)
+    return state
+
+
+def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
+            scheduler: paddle.optimizer.lr.LRScheduler, ema: Optional[WeightAverage],
+            train_loader: paddle.io.DataLoader, val_loader: Optional[paddle.io.DataLoader], state: TrainState,
+            writer: RunWriter, progress: Optional[Progress]) -> None:
+    """Train one epoch, evaluate, record: from the epoch after the saved one to the last."""
+    net = paddle.DataParallel(model) if parallel.world()[1] > 1 else model  # averages gradients over ranks
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        started = time.perf_counter()
+        train_loader.dataset.set_epoch(config.seed * 100_003 + epoch)  # the shuffle follows --seed
+        lr = optimizer.get_lr()  # the rate the epoch starts with
+        train, losses = train_one_epoch(net, train_loader, optimizer, scheduler, config.max_steps,
+                                        config.label_smoothing, ema, progress, (epoch, config.epochs))
+        train = parallel.mean_over_ranks(train)
+        # Validation and the best checkpoint use the averaged weights when there are any;
+        # last.ckpt keeps the trained ones.
+        with ema.applied() if ema else contextlib.nullcontext():
+            val = validate(model, val_loader)
+            row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
+                   "val_acc": val["acc"], "lr": lr, "seconds": time.perf_counter() - started}
+            if state.record(row):
+                writer.best(model)
+        if ema is not None:
+            state.ema = ema.state()
+        writer.epoch(state, model, optimizer, losses)
+        log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f lr %.2g %.1fs", epoch,
+                 config.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"], lr,
+                 row["seconds"])
+
+
+def validate(model: nn.Layer, val_loader: Optional[paddle.io.DataLoader]) -> dict[str, float]:
+    """Loss and accuracy over every rank's share of the validation rows, with rank 0's weights.
+
+    Every rank validates: rank 0 alone kept the others waiting in their next gradient all-reduce
+    past gloo's 30 s timeout (a 2-process resnet 32x2 run died of it).
+    """
+    if val_loader is None:
+        return {"loss": math.nan, "acc": math.nan}
+    parallel.copy_rank0_state(model)
+    return parallel.mean_over_ranks(evaluate(model, val_loader))
+
+
+def _finish(run_dir: Path, table, val_idx: np.ndarray) -> Optional[Validation]:
+    """Rank 0, after the last epoch: export the best checkpoint for paddle.inference, then score the
+    validation rows with it, plain and with flip TTA, for the report (which then evaluates nothing)."""
+    checkpoint.export_inference(run_dir)
+    if not len(val_idx):
+        return None
+    images = table.images[val_idx]
+    probs, tta_probs = predict.with_flips(lambda x: predict.model_probs(run_dir, x), images)
+    return Validation(val_idx, images, table.labels[val_idx], probs.astype(np.float32),
+                      tta_probs.astype(np.float32))
+
+
+def _augment(config: Config) -> Augment:
+    return Augment(crop_pad=config.crop_pad, flip=config.flip, erase=config.erase)
 
 
 def _stable_names():
@@ -272,152 +311,3 @@ def _stable_names():
     resumed process would look for other keys without a fresh namespace.
     """
     return paddle.utils.unique_name.guard()
-
-
-def _train(config: Config, run_dir: Path, device: str, model: nn.Layer, data: Data,
-           resuming: bool) -> RunResult:
-    table, train_idx, val_idx = data
-    rank, world = parallel.world()
-    train_loader = make_loader(FashionMNIST(table.images[train_idx], table.labels[train_idx], _augment(config)),
-                               config.batch_size // world, shuffle=True)
-    optimizer = build_optimizer(config, model, min(len(train_loader), config.max_steps or len(train_loader)))
-    ema = WeightAverage(model, config.ema) if config.ema else None
-    if resuming:
-        progress = checkpoint.load_state(run_dir, model, optimizer)
-        if ema is not None:
-            ema.load(progress["ema"])
-        if rank == 0:
-            checkpoint.trim_step_losses(run_dir, progress["epoch"])
-    else:
-        progress = {"epoch": 0, "best_acc": -1.0, "best_epoch": 0, "history": [],
-                    "ema": ema.state() if ema else None}
-        if rank == 0:
-            checkpoint.save_state(run_dir, model, optimizer, progress)  # an interrupted epoch 1 can resume
-    with _rank_logging(run_dir, rank), _signals_interrupt():
-        log.info("%s on %s x%d (Paddle %s%s); run folder: %s", "resuming after epoch %d" % progress["epoch"]
-                 if resuming else "training", device, world, paddle.__version__,
-                 _kernel_note(), run_dir)
-        log.info("data: %s, %d training rows, %d validation rows", table.path, len(train_idx), len(val_idx))
-        if rank == 0:
-            log.info("model %s, %d parameters\n%s", config.model, count_parameters(model), model_summary(model))
-        try:
-            _epochs(config, model, optimizer, train_loader, data, run_dir, progress, ema)
-            if rank == 0:
-                checkpoint.export_inference(run_dir)  # for fast prediction with paddle.inference
-        except KeyboardInterrupt:
-            raise TrainingInterrupted(
-                f"interrupted during epoch {progress['epoch'] + 1}; epochs 1-{progress['epoch']} are saved "
-                f"in {run_dir}; continue with: competition train --resume {run_dir}") from None
-    has_val = len(val_idx) > 0
-    return RunResult(run_dir, progress["history"], progress["best_acc"] if has_val else None,
-                     progress["best_epoch"])
-
-
-def _augment(config: Config) -> Augment:
-    return Augment(crop_pad=config.crop_pad, flip=config.flip, erase=config.erase)
-
-
-def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
-            train_loader: paddle.io.DataLoader, data: Data, run_dir: Path, progress: dict,
-            ema: Optional[WeightAverage]) -> None:
-    """Each rank's loader takes batch_size / world rows, so the global batch is --batch-size."""
-    table, train_idx, val_idx = data
-    rank, world = parallel.world()
-    net = paddle.DataParallel(model) if world > 1 else model  # averages gradients over ranks
-    # Every rank validates its share of the rows. (Rank 0 alone kept the others waiting in their
-    # next gradient all-reduce past gloo's 30 s timeout: a 2-process resnet 32x2 run died of it.)
-    val_rows = val_idx[rank::world]
-    val_loader = make_loader(FashionMNIST(table.images[val_rows], table.labels[val_rows]),
-                             EVAL_BATCH, shuffle=False) if len(val_idx) else None
-    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
-        started = time.perf_counter()
-        # Mixing the seed into the sampler's epoch makes the shuffle follow --seed.
-        train_loader.dataset.set_epoch(config.seed * 100_003 + epoch)
-        losses: list[float] = []
-        lr = optimizer.get_lr()  # the rate the epoch starts with
-        train = train_one_epoch(net, train_loader, optimizer, config.max_steps, f"epoch {epoch}", losses,
-                                config.label_smoothing, ema)
-        train = parallel.mean_over_ranks(train)
-        # Validation and the best checkpoint use the averaged weights when there are any;
-        # last.ckpt (in _record_epoch) keeps the trained ones.
-        with ema.applied() if ema else contextlib.nullcontext():
-            val = _validate(model, val_loader)
-            if rank == 0 and (val_loader is None or val["acc"] > progress["best_acc"]):
-                # Without a validation split the last epoch is the one to keep.
-                progress["best_acc"], progress["best_epoch"] = val["acc"], epoch
-                checkpoint.save_checkpoint(run_dir, model, optimizer)
-        progress["epoch"] = epoch
-        if rank == 0:
-            if ema is not None:
-                progress["ema"] = ema.state()
-            _record_epoch(config, model, optimizer, run_dir, progress, {**train, "lr": lr}, val, losses, started)
-
-
-def _validate(model: nn.Layer, val_loader: Optional[paddle.io.DataLoader]) -> dict[str, float]:
-    """Loss and accuracy over every rank's share of the validation rows, with rank 0's weights."""
-    if val_loader is None:
-        return {"loss": math.nan, "acc": math.nan}
-    parallel.copy_rank0_state(model)
-    return parallel.mean_over_ranks(evaluate(model, val_loader))
-
-
-def _record_epoch(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer, run_dir: Path,
-                  progress: dict, train: dict[str, float], val: dict[str, float], losses: list[float],
-                  started: float) -> None:
-    """Write the epoch's figures and everything a resume needs (rank 0)."""
-    epoch = progress["epoch"]
-    history = progress["history"]
-    history.append({"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
-                    "val_loss": val["loss"], "val_acc": val["acc"], "lr": train["lr"],
-                    "seconds": time.perf_counter() - started})
-    checkpoint.append_step_losses(run_dir, epoch, losses)
-    checkpoint.write_summary(run_dir, history)
-    checkpoint.save_state(run_dir, model, optimizer, progress)
-    log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f lr %.2g %.1fs",
-             epoch, config.epochs, train["loss"], train["acc"], val["loss"], val["acc"],
-             history[-1]["lr"], history[-1]["seconds"])
-
-
-@contextlib.contextmanager
-def _rank_logging(run_dir: Path, rank: int):
-    """Rank 0 logs to the console and train.log; other ranks only warn (their launcher log keeps it)."""
-    if rank == 0:
-        with _log_to(run_dir / "train.log"):
-            yield
-        return
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-@contextlib.contextmanager
-def _signals_interrupt():
-    """Make SIGTERM interrupt training the way Ctrl-C (SIGINT) does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _log_to(path: Path):
-    """Also write the package's log records to a file in the run folder."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(handler)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        handler.close()

@@ -33,7 +33,9 @@ def test_run_folder_holds_config_summary_and_checkpoint(tiny_run: Path) -> None:
     assert list(summary.columns[:7]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
     assert list(summary["epoch"]) == [1, 2]
     assert summary["val_acc"].between(0, 1).all() and (summary["seconds"] > 0).all()
-    assert (tiny_run / "best.pdparams").is_file() and (tiny_run / "best.pdopt").is_file()
+    assert (tiny_run / "best.pdparams").is_file() and not (tiny_run / "best.pdopt").exists()
+    ran = json.loads((tiny_run / "runtime.json").read_text())
+    assert ran["device"] == "cpu" and ran["nproc"] == 1 and ran["kernels"] in ("onednn", "paddle")
     assert "[Train]" in (tiny_run / "train.log").read_text()
 
 
@@ -102,8 +104,9 @@ def test_train_one_epoch_stops_after_max_steps_and_evaluate_returns_metrics(trai
     dataset = FashionMNIST(table.images, table.labels)
     model = build_model("fc")
     optimizer = paddle.optimizer.Adam(parameters=model.parameters())
-    metrics = train_one_epoch(model, make_loader(dataset, 4, shuffle=True), optimizer, max_steps=3)
+    metrics, losses = train_one_epoch(model, make_loader(dataset, 4, shuffle=True), optimizer, max_steps=3)
     assert metrics["steps"] == 3 and metrics["loss"] > 0 and 0 <= metrics["acc"] <= 1
+    assert len(losses) == 3 and metrics["loss"] == pytest.approx(sum(losses) / 3)
     assert set(evaluate(model, make_loader(dataset, 16, shuffle=False))) == {"loss", "acc", "samples"}
 
 

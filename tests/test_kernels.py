@@ -8,9 +8,12 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from competition import checkpoint, kernels, predict
+from competition import checkpoint, kernels, predict, runtime
+from competition.config import Config
 from competition.errors import CompetitionError
 from competition.models import build_model
+
+ONEDNN = kernels.CpuKernels()
 
 # (batch, in, size, out, kernel, stride, padding): the cnn's three convs and resnet's strided ones.
 SHAPES = [(4, 1, 28, 16, 5, 1, 2), (3, 16, 14, 32, 3, 1, 0), (2, 32, 12, 64, 3, 1, 0),
@@ -19,11 +22,13 @@ SHAPES = [(4, 1, 28, 16, 5, 1, 2), (3, 16, 14, 32, 3, 1, 0), (2, 32, 12, 64, 3, 
 
 @pytest.fixture
 def onednn():
-    """The kernel switched on for the test (run.sh installs its headers), off again afterwards."""
+    """The kernels built (run.sh installs their headers) and Paddle on the CPU."""
     paddle.set_device("cpu")
-    assert kernels.use("onednn", "cpu")
-    yield
-    kernels.use("paddle", "cpu")
+    kernels.load()
+
+
+def resolve(conv: str = "auto", precision: str = "fp32", device: str = "cpu") -> runtime.Runtime:
+    return runtime.resolve(Config(conv=conv, precision=precision, device=device), 1)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -33,7 +38,7 @@ def test_values_and_gradients_match_paddles_conv(onednn, shape) -> None:
     x = paddle.randn([n, c, size, size])
     w = paddle.randn([out, c, k, k])
     results, upstream = [], None
-    for conv in (lambda: kernels.conv2d(x, w, stride, pad), lambda: F.conv2d(x, w, stride=stride, padding=pad)):
+    for conv in (lambda: ONEDNN.conv2d(x, w, stride, pad), lambda: F.conv2d(x, w, stride=stride, padding=pad)):
         x.stop_gradient = w.stop_gradient = False
         y = conv()
         upstream = paddle.randn(y.shape) if upstream is None else upstream  # not all ones, same for both
@@ -49,7 +54,7 @@ def test_max_pool_matches_paddles_including_ties_and_odd_sizes(onednn, shape) ->
     paddle.seed(1)
     x = F.relu(paddle.randn(shape))  # half zeros: many windows tie, as after a ReLU
     results, upstream = [], None
-    for pool in (kernels.max_pool2x2, lambda t: F.max_pool2d(t, 2)):
+    for pool in (ONEDNN.max_pool2x2, lambda t: F.max_pool2d(t, 2)):
         x.stop_gradient = False
         y = pool(x)
         upstream = paddle.randn(y.shape) if upstream is None else upstream
@@ -64,7 +69,7 @@ def test_input_gradient_is_skipped_for_images(onednn) -> None:
     x = paddle.randn([2, 1, 28, 28])  # images: stop_gradient, as the loader gives them
     w = paddle.randn([16, 1, 5, 5])
     w.stop_gradient = False
-    kernels.conv2d(x, w, 1, 2).sum().backward()
+    ONEDNN.conv2d(x, w, 1, 2).sum().backward()
     assert x.grad is None and w.grad is not None
 
 
@@ -74,10 +79,9 @@ def test_models_get_the_same_gradients_either_way(model: str) -> None:
     x = paddle.rand([8, 1, 28, 28])
     y = paddle.randint(0, 10, [8])
     grads = []
-    for choice in ("onednn", "paddle"):
-        kernels.use(choice, "cpu")
+    for choice in (ONEDNN, None):
         paddle.seed(0)
-        net = build_model(model, **({"width": 8, "depth": 1} if model == "resnet" else {}))
+        net = build_model(model, choice, **({"width": 8, "depth": 1} if model == "resnet" else {}))
         F.cross_entropy(net(x), y).backward()
         grads.append({name: p.grad.numpy() for name, p in net.named_parameters() if not p.stop_gradient})
     assert grads[0].keys() == grads[1].keys()
@@ -88,7 +92,7 @@ def test_models_get_the_same_gradients_either_way(model: str) -> None:
 @pytest.mark.parametrize("model, options", [("cnn", {"hidden": 32}), ("resnet", {"width": 8, "depth": 1})])
 def test_export_uses_paddles_ops_and_agrees_with_the_kernels(onednn, tmp_path, model: str, options: dict) -> None:
     images = np.random.default_rng(0).integers(0, 256, (64, 784), dtype=np.uint8)
-    net = build_model(model, **options)
+    net = build_model(model, ONEDNN, **options)
     net.eval()
     checkpoint.save_inference(net, tmp_path)
     exported = predict.run_predictor(predict.load_predictor(tmp_path), images)
@@ -97,45 +101,57 @@ def test_export_uses_paddles_ops_and_agrees_with_the_kernels(onednn, tmp_path, m
     assert '.conv2d"' in graph and "onednn_conv2d" not in graph and "max_pool2x2" not in graph
 
 
-def test_without_headers_auto_falls_back_and_onednn_refuses(monkeypatch, caplog) -> None:
+def test_without_headers_auto_falls_back_and_onednn_refuses(monkeypatch) -> None:
     monkeypatch.setattr(kernels, "_module", None)
     monkeypatch.setattr(kernels, "headers_dir", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="competition.kernels"):
-        assert kernels.use("auto", "cpu") is False
-    assert "Paddle's slower conv" in caplog.text and kernels.HEADERS in caplog.text
-    assert not kernels.enabled()
+    ran = resolve("auto")
+    assert ran.kernels == "paddle" and ran.cpu_kernels() is None
+    assert "Paddle's slower conv" in ran.notes[0] and kernels.HEADERS in ran.notes[0]
     with pytest.raises(CompetitionError, match="oneDNN headers are missing"):
-        kernels.use("onednn", "cpu")
+        resolve("onednn")
 
 
-def test_other_systems_train_with_paddles_ops(monkeypatch, caplog) -> None:
+def test_other_systems_train_with_paddles_ops(monkeypatch) -> None:
     monkeypatch.setattr(kernels, "_module", None)
     monkeypatch.setattr(kernels.sys, "platform", "win32")
-    with caplog.at_level(logging.WARNING, logger="competition.kernels"):
-        assert kernels.use("auto", "cpu") is False
-    assert "Linux only (this is win32)" in caplog.text
+    ran = resolve("auto")
+    assert ran.kernels == "paddle" and "Linux only (this is win32)" in ran.notes[0]
 
 
-def test_gpu_and_paddle_choices_leave_the_kernel_off(onednn) -> None:
-    assert kernels.use("auto", "gpu") is False and not kernels.enabled()
-    assert kernels.use("paddle", "cpu") is False and not kernels.enabled()
+def test_gpu_and_paddle_choices_leave_the_kernels_out(onednn) -> None:
+    assert resolve("paddle").kernels == "paddle" and resolve("paddle").cpu_kernels() is None
+    assert resolve("onednn").cpu_kernels() == kernels.CpuKernels(bf16=False)
 
 
-def test_an_unwritable_cache_or_a_failed_compile_falls_back_with_the_reason(monkeypatch, tmp_path, caplog) -> None:
+def test_models_built_without_kernels_run_paddles_ops(onednn, monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("kernels.cc was called")
+
+    monkeypatch.setattr(kernels.CpuKernels, "conv2d", refuse)
+    monkeypatch.setattr(kernels.CpuKernels, "max_pool2x2", refuse)
+    x = paddle.rand([2, 1, 28, 28])
+    build_model("cnn")(x)  # no kernels given: Paddle's conv and pooling
+    with pytest.raises(AssertionError, match="kernels.cc was called"):
+        build_model("cnn", kernels.CpuKernels())(x)
+
+
+def test_an_unwritable_cache_or_a_failed_compile_falls_back_with_the_reason(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(kernels, "_module", None)
     (tmp_path / "a-file").write_text("")
     monkeypatch.setattr(kernels, "build_dir", lambda: tmp_path / "a-file" / "kernels")
-    with caplog.at_level(logging.WARNING, logger="competition.kernels"):
-        assert kernels.use("auto", "cpu") is False
-    assert "did not build" in caplog.text
+    ran = resolve("auto")
+    assert ran.kernels == "paddle" and "did not build" in ran.notes[0]
 
     broken = tmp_path / "kernels.cc"
     broken.write_text("this is not C++\n")
     monkeypatch.setattr(kernels, "SOURCE", broken)
     monkeypatch.setattr(kernels, "build_dir", lambda: tmp_path / "build")
     with pytest.raises(CompetitionError, match="did not build .*build.log"):
-        kernels.use("onednn", "cpu")
-    assert (tmp_path / "build" / "build.log").is_file() and not kernels.enabled()
+        resolve("onednn")
+    assert (tmp_path / "build" / "build.log").is_file()
+
+
+BF16 = kernels.CpuKernels(bf16=True)
 
 
 @pytest.fixture
@@ -144,9 +160,8 @@ def onednn_bf16():
     if not kernels.cpu_has_bf16():
         pytest.skip("this CPU has no native bfloat16 arithmetic")
     paddle.set_device("cpu")
-    assert kernels.use("onednn", "cpu", "bf16") and kernels.mode() == "onednn-bf16"
-    yield
-    kernels.use("paddle", "cpu")
+    ran = resolve("onednn", "bf16")
+    assert ran.precision == "bf16" and ran.cpu_kernels() == BF16
 
 
 @pytest.mark.parametrize("shape", SHAPES[1:], ids=str)
@@ -155,7 +170,7 @@ def test_bf16_training_convs_stay_close_to_float32(onednn_bf16, shape) -> None:
     paddle.seed(0)
     x, w = paddle.randn([n, c, size, size]), paddle.randn([out, c, k, k])
     results, upstream = [], None
-    for conv in (lambda: kernels.conv2d(x, w, stride, pad), lambda: F.conv2d(x, w, stride=stride, padding=pad)):
+    for conv in (lambda: BF16.conv2d(x, w, stride, pad), lambda: F.conv2d(x, w, stride=stride, padding=pad)):
         x.stop_gradient = w.stop_gradient = False
         y = conv()
         upstream = paddle.randn(y.shape) if upstream is None else upstream
@@ -173,17 +188,15 @@ def test_bf16_leaves_validation_and_prediction_in_float32(onednn_bf16) -> None:
     paddle.seed(0)
     x, w = paddle.randn([2, 16, 14, 14]), paddle.randn([32, 16, 3, 3])
     with paddle.no_grad():
-        ours = kernels.conv2d(x, w, 1, 1).numpy()
+        ours = BF16.conv2d(x, w, 1, 1).numpy()
     np.testing.assert_allclose(ours, F.conv2d(x, w, padding=1).numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_bf16_without_cpu_support_or_kernels_trains_in_float32_and_says_so(monkeypatch, caplog) -> None:
+def test_bf16_without_cpu_support_or_kernels_trains_in_float32_and_says_so(onednn, monkeypatch) -> None:
     monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="competition.kernels"):
-        assert kernels.use("onednn", "cpu", "bf16") and kernels.mode() == "onednn"
-    assert "float32, not bfloat16: this CPU has no native bfloat16" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="competition.kernels"):
-        assert not kernels.use("paddle", "cpu", "bf16") and kernels.mode() == "paddle"
-    assert "float32, not bfloat16: it needs the oneDNN kernels (this run: --conv paddle)" in caplog.text
-    kernels.use("paddle", "cpu")
+    ran = resolve("onednn", "bf16")
+    assert ran.kernels == "onednn" and ran.precision == "fp32"
+    assert "float32, not bfloat16: this CPU has no native bfloat16" in ran.notes[0]
+    ran = resolve("paddle", "bf16")
+    assert ran.kernels == "paddle" and ran.precision == "fp32"
+    assert "float32, not bfloat16: it needs the oneDNN kernels (this run: --conv paddle)" in ran.notes[0]

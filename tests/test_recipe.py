@@ -1,6 +1,8 @@
 """Training recipes: presets, batched augmentation, schedules, full fit, resume with a schedule."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -106,11 +108,12 @@ def test_bf16_run_records_its_precision_and_trains(train_csv: Path, tmp_path: Pa
                  "--epochs", "1", "--val-size", "10", "--precision", "bf16", "--conv", "onednn", "--nproc", "1",
                  "--runs-dir", str(tmp_path / "runs")]) == 0
     (run,) = (tmp_path / "runs").iterdir()
-    assert Config.load(run / "config.json").precision == "bf16"
+    assert Config.load(run / "config.json").precision == "bf16"  # what was asked for
+    ran = json.loads((run / "runtime.json").read_text())  # what ran
+    assert ran["precision"] == ("bf16" if kernels.cpu_has_bf16() else "fp32") and ran["kernels"] == "onednn"
     log = (run / "train.log").read_text()
     assert ("convs reading bfloat16" in log) == kernels.cpu_has_bf16()
     assert np.isfinite(pd.read_csv(run / "summary.csv")["train_loss"]).all()
-    kernels.use("paddle", "cpu")
 
 
 def test_unknown_precision_in_a_configuration_is_refused() -> None:

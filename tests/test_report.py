@@ -12,13 +12,14 @@ import paddle
 import pandas as pd
 import pytest
 
+import competition.data
 import competition.train
 from competition import checkpoint, predict, report
 from competition.data import CLASS_NAMES, ImageTable, read_test_csv, read_train_csv
 from competition.errors import CompetitionError
 
 PICTURES = ["curves.png", "confusion.png", "per_class.png", "mistakes.png"]
-RUN_FILES = ["config.json", "summary.csv", "steps.csv", "best.pdparams"]
+RUN_FILES = ["config.json", "runtime.json", "summary.csv", "steps.csv", "best.pdparams", "validation.npz"]
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -43,18 +44,24 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def reported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A copy of tiny_run reported once, with every way to train made to fail."""
+    """A copy of tiny_run reported once, its training CSV gone, with every way to train or evaluate made to fail."""
     run_dir = copy_run(tiny_run, tmp_path_factory.mktemp("report") / tiny_run.name)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["train"] = str(run_dir / "moved-away.csv")  # the report needs no training data
+    (run_dir / "config.json").write_text(json.dumps(config))
     before = {name: (run_dir / name).read_bytes() for name in RUN_FILES}
 
     def no_training(*args, **kwargs):
-        raise AssertionError("write_report must not train")
+        raise AssertionError("write_report must not train or evaluate")
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(paddle.optimizer.Adam, "step", no_training)
         patch.setattr(paddle.optimizer.Optimizer, "step", no_training)
+        patch.setattr(paddle, "load", no_training)  # no weights are read
         patch.setattr(competition.train, "train_one_epoch", no_training)
-        patch.setattr(competition.train, "fit", no_training)
+        patch.setattr(competition.train, "evaluate", no_training)
+        patch.setattr(predict, "predict_probs", no_training)
+        patch.setattr(predict, "model_probs", no_training)
         written = report.write_report(run_dir)
     return {"run": run_dir, "written": written, "before": before}
 
@@ -78,12 +85,15 @@ def test_per_class_csv_adds_up_to_the_best_validation_accuracy(reported: dict) -
     assert table["correct"].sum() / table["total"].sum() == pytest.approx(best, abs=1e-6)
 
 
-def test_validation_json_holds_the_accuracy_with_and_without_flip_tta(reported: dict) -> None:
+def test_validation_json_holds_the_accuracy_with_and_without_flip_tta(reported: dict, tiny_run: Path) -> None:
     run_dir = reported["run"]
     scores = json.loads((run_dir / "validation.json").read_text())
     assert scores["val_acc"] == pytest.approx(pd.read_csv(run_dir / "summary.csv")["val_acc"].max(), abs=1e-6)
-    _, config = checkpoint.load_model(run_dir)
-    table, _, val_idx = competition.train.load_training_data(config)
+    _, config = checkpoint.load_model(tiny_run)  # the run's own training file, rebuilt split
+    table, _, val_idx = competition.data.load_training_data(config)
+    saved = checkpoint.Validation.load(run_dir)
+    np.testing.assert_array_equal(saved.indices, val_idx)
+    np.testing.assert_array_equal(saved.images, table.images[val_idx])
     rows = ImageTable(table.path, table.images[val_idx], table.labels[val_idx])
     assert scores["val_acc_tta"] == pytest.approx(predict.accuracy_on(run_dir, rows, tta=True), abs=1e-6)
     assert f"| with flip TTA (`predict --tta`) | {scores['val_acc_tta']:.4f} |" in (run_dir / "report.md").read_text()

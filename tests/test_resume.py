@@ -35,7 +35,8 @@ def _epochs_done(runs: Path) -> int:
     return len(summaries[0].read_text().splitlines()) - 1 if summaries else 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["INT", "TERM", "KILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL],
+                         ids=["INT", "TERM", "HUP", "KILL"])
 def test_signal_after_first_epoch_then_resume_matches_uninterrupted(
         real_data: dict, tmp_path: Path, uninterrupted: pd.DataFrame, sig: signal.Signals) -> None:
     runs = tmp_path / "runs"

@@ -79,7 +79,7 @@ def test_two_processes_train_one_run_reproducibly(real_data: dict, tmp_path: Pat
     # Both ranks validated half of the rows each: together they score what the saved model scores on all.
     from competition import checkpoint, train
     model, config = checkpoint.load_model(run)
-    table, _, val_idx = train.load_training_data(config)
+    table, _, val_idx = data.load_training_data(config)
     rows = data.FashionMNIST(table.images[val_idx], table.labels[val_idx])
     rebuilt = train.evaluate(model, data.make_loader(rows, 100, shuffle=False))
     best = checkpoint.best_row(pd.read_csv(run / "summary.csv"))

@@ -34,8 +34,12 @@ BROKEN = {
     "extra": (VALID + "99,1\n", "1 ids not in the test file (e.g. '99')"),
     "duplicate": (VALID + "12,2\n", "1 duplicate ids (e.g. '12')"),
     "bad labels": (VALID.replace("13,3", "13,x").replace("14,9", "14,10"),
-                   "2 labels that are not integers 0-9 (e.g. 'x', '10') in rows 4, 5"),
-    "empty label": (VALID.replace("11,1", "11,"), "1 labels that are not integers 0-9 (e.g. '') in rows 2"),
+                   "2 labels that are not the plain integers 0-9 (e.g. 'x', '10') in rows 4, 5"),
+    "empty label": (VALID.replace("11,1", "11,"), "1 labels that are not the plain integers 0-9 (e.g. '') in rows 2"),
+    # pandas reads these as numbers 0-9; the contest wants the digit alone
+    "labels not written plainly": (VALID.replace("10,0", "10,3.0").replace("11,1", "11, 1").replace("12,2", "12,+2")
+                                   .replace("13,3", "13,03"),
+                                   "4 labels that are not the plain integers 0-9 (e.g. '3.0', ' 1', '+2') in rows 1, 2, 3"),
 }
 
 
@@ -55,6 +59,30 @@ def test_check_names_what_is_wrong(tmp_path: Path, ids_test: Path, case: str, ca
 def test_check_of_an_unreadable_file_is_one_line(tmp_path: Path, ids_test: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["check", str(tmp_path / "nope.csv"), "--test", str(ids_test)]) == 2
     assert capsys.readouterr().err.strip().endswith("nope.csv: no such file.")
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01\xff\xfe" * 500, b"\x00\x01\x02\x03" * 500,
+                                     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8])
+def test_check_of_a_binary_file_is_one_short_printable_line(tmp_path: Path, ids_test: Path, content: bytes,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "sub.csv"
+    path.write_bytes(content)
+    assert main(["check", str(path), "--test", str(ids_test)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 200 and err.isprintable(), err
+    assert f"{path}: not a text CSV (it starts '\\x" in err and err.endswith("...').")
+
+
+def test_a_long_header_is_quoted_short(tmp_path: Path, ids_test: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _submission(tmp_path, "id," + ",".join(f"pixel{i}" for i in range(784)) + ",label\n10,0\n")
+    assert main(["check", str(path), "--test", str(ids_test)]) == 1
+    assert "  - header is id,pixel0,pixel1,pixel2,pixel3,pixel4,pi...; expected id,label\n" in capsys.readouterr().err
+
+
+def test_predicted_int_labels_pass_the_check(tmp_path: Path) -> None:
+    table = predict.read_test_csv(write_csv(tmp_path / "t.csv", random_images(10), ids=list(range(10))))
+    frame = predict.submission_frame(table, np.arange(10))
+    assert frame["label"].dtype == np.int64 and list(frame["label"]) == list(range(10))
 
 
 def test_score_against_a_labeled_test_file_and_an_id_label_file(tmp_path: Path, ids_test: Path,

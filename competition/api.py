@@ -1,0 +1,185 @@
+"""The Python API, for notebooks and scripts; the command line is a thin layer over it.
+
+    from competition import Config, fit, submit, view_report
+    result = fit(Config.of_preset("quick", epochs=2))   # a progress bar per epoch, in Jupyter too
+    result.best_val_acc, result.run_dir
+    submit(result, tta=True)                           # submissions/submission.csv
+    view_report(result)                                # the report's pictures, inline
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+from . import checkpoint, parallel, report, runtime
+from .config import Config
+from .data import TrainingData, load_training_data
+from .errors import CompetitionError, TrainingInterrupted
+from .models import build_model
+from .parallel import INTERRUPTED, Nodes
+from .predict import Submission, load_test_table, predict_run
+from .train import RunResult, run_result, train_run  # noqa: F401  (RunResult: part of the API)
+
+log = logging.getLogger("competition")
+
+DEFAULT_OUT = "submissions/submission.csv"
+JOB_WAIT_S = 600  # how long a node other than 0 waits for node 0's run folder
+Run = Union[str, Path, RunResult]
+
+
+def fit(config: Config, nodes: Optional[Nodes] = None) -> RunResult:
+    """Train a new run of `config` (on config.nproc processes of this node; `nodes` for one node of several),
+    then write its report. Everything that can be refused is refused before the run folder exists."""
+    nodes = nodes or Nodes(config.nnodes)
+    if nodes.rank > 0:
+        return _join(config, nodes)
+    run_dir, ran, data = _start(config)
+    job = _announce(run_dir, config, nodes)
+    try:
+        result = _train(run_dir, ran, resume=False, data=data, nodes=nodes)
+    finally:
+        if job is not None:
+            job.unlink(missing_ok=True)
+    report.write_report(run_dir)
+    return result
+
+
+def resume(run_dir: Union[str, Path], epochs: Optional[int] = None, nodes: Optional[Nodes] = None) -> RunResult:
+    """Continue an interrupted (or extend a finished) run from its last finished epoch; then write its report
+    (node 0)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise CompetitionError(f"{run_dir}: not a run folder (no config.json); nothing to resume.")
+    config = Config.load(run_dir / "config.json")
+    done = len(checkpoint.read_summary(run_dir)) if (run_dir / "summary.csv").is_file() else 0
+    if epochs is not None and epochs < done:
+        raise CompetitionError(f"--epochs {epochs} is fewer than the {done} epochs {run_dir} has done; "
+                               f"expected {done} or more.")
+    nodes = nodes or Nodes(config.nnodes)
+    if nodes.rank == 0 and epochs is not None and epochs != config.epochs:
+        config.epochs = epochs
+        checkpoint.save_config(run_dir, config.validate())
+    ran = runtime.resolve(config, config.nproc or 1)
+    if nodes.rank > 0:
+        return _train(run_dir, ran, resume=True, nodes=nodes)
+    ran.save(run_dir)  # what this attempt runs on
+    result = _train(run_dir, ran, resume=True, nodes=nodes)
+    report.write_report(run_dir)
+    return result
+
+
+def submit(run: Union[Run, list[Run], None] = None, tta: bool = True, out: Union[str, Path] = DEFAULT_OUT,
+           test: Optional[str] = None, data_dir: Optional[str] = None, runs_dir: str = "runs") -> Submission:
+    """Write the submission of a run (default: the newest in runs_dir), or of several runs' average."""
+    runs = run if isinstance(run, list) else [run] if run is not None else [checkpoint.newest_run(runs_dir)]
+    run_dirs = [r.run_dir if isinstance(r, RunResult) else Path(r) for r in runs]
+    return predict_run(run_dirs, load_test_table(test, data_dir), Path(out), tta=tta)
+
+
+@dataclass
+class Report:
+    """A run's report: the files written, shown inline by Jupyter (report.md's pictures and headline)."""
+
+    run_dir: Path
+    files: list[Path]
+
+    @property
+    def pictures(self) -> list[Path]:
+        """The PNGs, in report order."""
+        return [p for p in self.files if p.suffix == ".png"]
+
+    def _repr_html_(self) -> str:
+        """HTML with each picture embedded, for a notebook cell's output."""
+        parts = [f"<h3>Run {self.run_dir.name}</h3>"]
+        for picture in self.pictures:
+            data = base64.b64encode(picture.read_bytes()).decode()
+            parts.append(f'<p>{picture.name}</p><img src="data:image/png;base64,{data}"/>')
+        return "\n".join(parts)
+
+
+def view_report(run: Optional[Run] = None, runs_dir: str = "runs") -> Report:
+    """(Re)write a run's report from its folder alone and return it for display."""
+    run_dir = run.run_dir if isinstance(run, RunResult) else Path(run) if run else checkpoint.newest_run(runs_dir)
+    return Report(Path(run_dir), report.write_report(run_dir))
+
+
+def _start(config: Config) -> tuple[Path, runtime.Runtime, TrainingData]:
+    """Check the configuration, its runtime and the data, then create the run folder."""
+    if config.nproc is None:
+        config.nproc = parallel.default_nproc(config.batch_size)
+    config.validate()
+    ran = runtime.resolve(config, config.nproc)  # a missing GPU or a --conv onednn that won't build fails here
+    build_model(config.model, **config.model_options())  # a bad model fails before the data is read
+    data = load_training_data(config)
+    run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
+    checkpoint.save_run_files(run_dir, config, ran)
+    return run_dir, ran, data
+
+
+def _train(run_dir: Path, ran: runtime.Runtime, resume: bool, data: Optional[TrainingData] = None,
+           nodes: Nodes = Nodes()) -> RunResult:
+    """Train in this process, or on ran.nproc processes (of this node) through Paddle's launcher."""
+    if ran.world == 1:
+        with parallel.stop_on_signals():
+            return train_run(run_dir, resume=resume, data=data)
+    worker_args = ["train", str(run_dir)] + (["--resume"] if resume else [])
+    log_dir = run_dir / "logs" / (f"node{nodes.rank}" if nodes.count > 1 else "")
+    ended = parallel.launch(worker_args, ran.nproc, log_dir, ran.device, watch=run_dir, nodes=nodes)
+    resume_line = f"continue with: competition train --resume {run_dir}"
+    if ended.stopped_by is not None:
+        raise TrainingInterrupted(f"stopped by signal {ended.stopped_by}; finished epochs are saved in "
+                                  f"{run_dir}; {resume_line}")
+    if ended.code != 0:
+        error = TrainingInterrupted(f"training stopped: {ended.failure} (logs in {log_dir}/); finished epochs "
+                                    f"are saved; {resume_line}")
+        error.exit_code = INTERRUPTED if ended.failure and "exit 130" in ended.failure else 1
+        raise error
+    return run_result(run_dir)
+
+
+# --- several machines: node 0 creates the run folder, the others find it ------------------------
+
+def _job_file(config: Config, nodes: Nodes) -> Path:
+    return Path(config.runs_dir) / f".job-{nodes.master.replace(':', '-').replace('/', '-')}.json"
+
+
+def _announce(run_dir: Path, config: Config, nodes: Nodes) -> Optional[Path]:
+    """Node 0 of several: tell the other nodes (on storage they all see) which run folder to train."""
+    if nodes.count <= 1:
+        return None
+    job = _job_file(config, nodes)
+    with checkpoint.atomic_path(job) as tmp:
+        tmp.write_text(json.dumps({"run_dir": str(run_dir), "config": _comparable(config)}))
+    return job
+
+
+def _join(config: Config, nodes: Nodes) -> RunResult:
+    """A node other than 0: wait for node 0's run folder, check it trains the same configuration, train."""
+    job = _job_file(config, nodes)
+    deadline = time.monotonic() + JOB_WAIT_S
+    log.info("node %d: waiting for node 0 to create the run folder (%s)", nodes.rank, job)
+    while not job.is_file():
+        if time.monotonic() > deadline:
+            raise CompetitionError(f"node 0 did not announce a run folder in {job} within {JOB_WAIT_S} s; "
+                                   "start node 0 with the same options and --runs-dir on shared storage.")
+        time.sleep(0.5)
+    announced = json.loads(job.read_text())
+    if announced["config"] != _comparable(config):
+        raise CompetitionError(f"{job}: node 0 trains another configuration; start every node with the same "
+                               "options.")
+    run_dir = Path(announced["run_dir"])
+    return _train(run_dir, runtime.Runtime.load(run_dir), resume=False, nodes=nodes)
+
+
+def _comparable(config: Config) -> dict:
+    """The configuration every node must share (not the command line that gave it)."""
+    values = config.to_dict()
+    values.pop("extra")
+    if values["nproc"] is None:
+        values.pop("nproc")
+    return values

@@ -19,9 +19,9 @@ from typing import Optional, Union
 from . import checkpoint, parallel, report, runtime
 from .config import Config
 from .data import TrainingData, load_training_data
-from .errors import CompetitionError, TrainingInterrupted
+from .errors import CompetitionError, TrainingFailed, TrainingInterrupted
 from .models import build_model
-from .parallel import INTERRUPTED, Nodes
+from .parallel import Nodes
 from .predict import Submission, load_test_table, predict_run
 from .train import RunResult, run_result, train_run  # noqa: F401  (RunResult: part of the API)
 
@@ -32,10 +32,13 @@ JOB_WAIT_S = 600  # how long a node other than 0 waits for node 0's run folder
 Run = Union[str, Path, RunResult]
 
 
-def fit(config: Config, nodes: Optional[Nodes] = None) -> RunResult:
-    """Train a new run of `config` (on config.nproc processes of this node; `nodes` for one node of several),
-    then write its report. Everything that can be refused is refused before the run folder exists."""
-    nodes = nodes or Nodes(config.nnodes)
+def fit(config: Config, node_rank: Optional[int] = None, master: Optional[str] = None) -> RunResult:
+    """Train a new run of `config` on config.nproc processes of this machine, then write its report.
+
+    With config.nnodes > 1 this machine is node `node_rank` of a job whose node 0 is at `master`
+    (HOST:PORT). Everything that can be refused is refused before the run folder exists.
+    """
+    nodes = _nodes(config.nnodes, node_rank, master)
     if nodes.rank > 0:
         return _join(config, nodes)
     run_dir, ran, data = _start(config)
@@ -49,9 +52,10 @@ def fit(config: Config, nodes: Optional[Nodes] = None) -> RunResult:
     return result
 
 
-def resume(run_dir: Union[str, Path], epochs: Optional[int] = None, nodes: Optional[Nodes] = None) -> RunResult:
+def resume(run_dir: Union[str, Path], epochs: Optional[int] = None, node_rank: Optional[int] = None,
+           master: Optional[str] = None) -> RunResult:
     """Continue an interrupted (or extend a finished) run from its last finished epoch; then write its report
-    (node 0)."""
+    (node 0). A multi-node run resumes with every node started again, as for fit()."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise CompetitionError(f"{run_dir}: not a run folder (no config.json); nothing to resume.")
@@ -60,7 +64,7 @@ def resume(run_dir: Union[str, Path], epochs: Optional[int] = None, nodes: Optio
     if epochs is not None and epochs < done:
         raise CompetitionError(f"--epochs {epochs} is fewer than the {done} epochs {run_dir} has done; "
                                f"expected {done} or more.")
-    nodes = nodes or Nodes(config.nnodes)
+    nodes = _nodes(config.nnodes, node_rank, master)
     if nodes.rank == 0 and epochs is not None and epochs != config.epochs:
         config.epochs = epochs
         checkpoint.save_config(run_dir, config.validate())
@@ -135,11 +139,24 @@ def _train(run_dir: Path, ran: runtime.Runtime, resume: bool, data: Optional[Tra
         raise TrainingInterrupted(f"stopped by signal {ended.stopped_by}; finished epochs are saved in "
                                   f"{run_dir}; {resume_line}")
     if ended.code != 0:
-        error = TrainingInterrupted(f"training stopped: {ended.failure} (logs in {log_dir}/); finished epochs "
-                                    f"are saved; {resume_line}")
-        error.exit_code = INTERRUPTED if ended.failure and "exit 130" in ended.failure else 1
-        raise error
+        raise TrainingFailed(f"training stopped: {ended.failure} (logs in {log_dir}/); finished epochs are saved; "
+                             f"{resume_line}")
     return run_result(run_dir)
+
+
+def _nodes(count: int, rank: Optional[int], master: Optional[str]) -> Nodes:
+    """This machine's part of the job, checked: with count > 1, a rank from 0 to count-1 and HOST:PORT."""
+    if count == 1:
+        if rank or master:
+            raise CompetitionError("--node-rank and --master are for multi-node jobs; add --nnodes N (2 or more).")
+        return Nodes()
+    if rank is None or not 0 <= rank < count:
+        raise CompetitionError(f"--nnodes {count} needs --node-rank from 0 to {count - 1} for this machine, "
+                               f"got {rank}.")
+    host, _, port = (master or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise CompetitionError(f"--nnodes {count} needs --master HOST:PORT (node 0's address), got {master!r}.")
+    return Nodes(count, rank, master)
 
 
 # --- several machines: node 0 creates the run folder, the others find it ------------------------

@@ -141,8 +141,13 @@ class RunWriter:
             write_summary(self.run_dir, state.history)
             save_state(self.run_dir, model, optimizer, state)
 
+    def export(self) -> None:
+        """The best checkpoint as a static graph for paddle.inference (what predict uses)."""
+        if self.active:
+            export_inference(self.run_dir)
+
     def finish(self, validation: Optional[Validation]) -> None:
-        """The end of training: the export for paddle.inference has been written; save the validation rows."""
+        """The end of training: save the validation rows and the best checkpoint's probabilities on them."""
         if self.active and validation is not None:
             validation.save(self.run_dir)
         if self.progress is not None:

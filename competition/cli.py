@@ -20,7 +20,6 @@ from .config import CONV_CHOICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Co
 from .data import TRAIN_FILE, data_file, read_train_csv
 from .errors import CompetitionError
 from .models import MODELS, build_model
-from .parallel import Nodes
 from .predict import accuracy_on, load_test_table
 
 
@@ -178,19 +177,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) and report the best validation accuracy and the run folder."""
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     run = given.pop("resume", None)
-    nodes = _nodes(given.pop("node_rank", None), given.pop("master", None), given.get("nnodes", 1))
+    node_rank, master = given.pop("node_rank", None), given.pop("master", None)
     if run is None:
         config = from_preset(given.pop("preset", None), **given, extra={"argv": sys.argv[1:]})
-        result = api.fit(config, nodes)
+        result = api.fit(config, node_rank, master)
     else:
-        fixed = sorted(set(given) - {"epochs", "nnodes"})
+        fixed = sorted(set(given) - {"epochs"})
         if fixed:
             names = ", ".join("--" + name.replace("_", "-") for name in fixed)
-            raise CompetitionError(f"--resume continues {run} with its saved configuration; "
-                                   f"drop {names} (only --epochs may change).")
-        result = api.resume(Path(run), given.get("epochs"), nodes)
-    if nodes.rank > 0:
-        print(f"node {nodes.rank}: its ranks finished; node 0 writes the report of {result.run_dir}")
+            raise CompetitionError(f"--resume continues {run} with its saved configuration (nodes included); "
+                                   f"drop {names} (only --epochs, --node-rank and --master may be given).")
+        result = api.resume(Path(run), given.get("epochs"), node_rank, master)
+    if node_rank:
+        print(f"node {node_rank}: its ranks finished; node 0 writes the report of {result.run_dir}")
         return 0
     if result.best_val_acc is None:
         print(f"trained on every row (no validation split); run folder: {result.run_dir}")
@@ -200,23 +199,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"best validation accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch}{tta}); "
               f"run folder: {result.run_dir} (see report.md there)")
     return 0
-
-
-def _nodes(node_rank: Optional[int], master: Optional[str], count: int) -> Nodes:
-    """This machine's part of a multi-node job, checked: --node-rank 0..N-1 and --master HOST:PORT."""
-    if count == 1:
-        if node_rank or master:
-            raise CompetitionError("--node-rank and --master are for multi-node jobs; add --nnodes N (2 or more).")
-        return Nodes()
-    if count < 1:
-        raise CompetitionError(f"--nnodes must be at least 1, got {count}.")
-    if node_rank is None or not 0 <= node_rank < count:
-        raise CompetitionError(f"--nnodes {count} needs --node-rank from 0 to {count - 1} for this machine, "
-                               f"got {node_rank}.")
-    host, _, port = (master or "").rpartition(":")
-    if not host or not port.isdigit():
-        raise CompetitionError(f"--nnodes {count} needs --master HOST:PORT (node 0's address), got {master!r}.")
-    return Nodes(count, node_rank, master)
 
 
 def _run_dirs(args: argparse.Namespace) -> list[Path]:

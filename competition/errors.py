@@ -6,6 +6,12 @@ class CompetitionError(Exception):
 
 
 class TrainingInterrupted(CompetitionError):
-    """Training stopped by SIGINT/SIGTERM after its last finished epoch was saved."""
+    """Training stopped by SIGINT, SIGTERM or SIGHUP after its last finished epoch was saved."""
 
     exit_code = 130
+
+
+class TrainingFailed(CompetitionError):
+    """A rank of a multi-process run failed or died; finished epochs are saved."""
+
+    exit_code = 1

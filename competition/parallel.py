@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import paddle
 import paddle.distributed as dist
@@ -108,7 +108,7 @@ def launch(worker_args: list[str], nproc: int, log_dir: Path, device: str, watch
         process = subprocess.Popen(command + [str(WORKER), *worker_args], stdout=out, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
     stop = _Stop(process)
-    with stop.on_signals():
+    with on_stop_signals(stop):
         _wait(process, stop, _Watcher(watch) if watch is not None else None)
     first = (nodes.rank if nodes else 0) * nproc
     failure = None if process.returncode == 0 or stop.signal else _failed_rank(log_dir, range(first, first + nproc))
@@ -128,18 +128,19 @@ class _Stop:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.process.pid, signal.SIGTERM)
 
-    @contextlib.contextmanager
-    def on_signals(self) -> Iterator[None]:
-        """Install self for the stop signals in the main thread; restore the old handlers after."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self) for sig in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+
+@contextlib.contextmanager
+def on_stop_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """`handler` answers SIGINT, SIGTERM and SIGHUP inside the block (main thread only); the old ones after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _wait(process: subprocess.Popen, stop: _Stop, watcher: Optional["_Watcher"]) -> None:
@@ -161,7 +162,7 @@ class _Watcher:
     """Shows a launched run's new train.log lines (without their time stamps) and rank 0's progress bar."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.bar = Path(run_dir), EpochBar()
+        self.run_dir, self.bar, self.started = Path(run_dir), EpochBar(), time.time()
         log_file = self.run_dir / "train.log"
         self.offset = log_file.stat().st_size if log_file.exists() else 0  # a resumed run's old lines
 
@@ -175,7 +176,7 @@ class _Watcher:
             for line in complete.decode(errors="replace").splitlines():
                 self.bar.close()
                 log.info("%s", _STAMP.sub("", line, count=1))
-        figures = read_progress(self.run_dir)
+        figures = read_progress(self.run_dir, since=self.started)
         if figures is not None and figures["done"] < figures["total"]:
             self.bar(**figures)
 
@@ -233,9 +234,6 @@ def write_exit(rank: int, code: int, message: str = "") -> None:
 def stop_on_signals() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, once: repeats (the
     launcher sends SIGTERM up to three times) are ignored while training unwinds and saves."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     raised = []
 
     def handler(signum: int, frame: object) -> None:
@@ -243,12 +241,8 @@ def stop_on_signals() -> Iterator[None]:
             raised.append(signum)
             raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    try:
+    with on_stop_signals(handler):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def watch_parent(interval: float = 1.0) -> None:

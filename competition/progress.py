@@ -71,9 +71,10 @@ class ProgressFile:
             pass  # a missed progress update only costs the bar a tick
 
 
-def read_progress(run_dir: Path) -> Optional[dict]:
-    """The figures ProgressFile last wrote, or None."""
+def read_progress(run_dir: Path, since: float = 0.0) -> Optional[dict]:
+    """The figures ProgressFile last wrote (after `since`, a time.time(): not an earlier attempt's), or None."""
+    path = Path(run_dir) / PROGRESS
     try:
-        return json.loads((Path(run_dir) / PROGRESS).read_text())
+        return json.loads(path.read_text()) if path.stat().st_mtime >= since else None
     except (OSError, ValueError):
         return None

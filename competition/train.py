@@ -19,7 +19,7 @@ from paddle import nn
 from . import checkpoint, parallel, predict, runtime
 from .checkpoint import RunWriter, TrainState, Validation
 from .config import Config
-from .data import EVAL_BATCH, Augment, FashionMNIST, TrainingData, load_training_data, make_loader
+from .data import EVAL_BATCH, Augment, FashionMNIST, ImageTable, TrainingData, load_training_data, make_loader
 from .errors import TrainingInterrupted
 from .models import build_model, count_parameters
 from .progress import EpochBar, Progress
@@ -218,7 +218,8 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
         progress = writer.progress or (EpochBar() if rank == 0 else None)
         try:
             _epochs(config, model, optimizer, scheduler, ema, train_loader, val_loader, state, writer, progress)
-            writer.finish(_finish(run_dir, table, val_idx) if rank == 0 else None)
+            writer.export()
+            writer.finish(_score_validation(run_dir, table, val_idx) if writer.active else None)
         except KeyboardInterrupt:
             raise TrainingInterrupted(
                 f"interrupted during epoch {state.epoch + 1}; epochs 1-{state.epoch} are saved in {run_dir}; "
@@ -288,10 +289,9 @@ def validate(model: nn.Layer, val_loader: Optional[paddle.io.DataLoader]) -> dic
     return parallel.mean_over_ranks(evaluate(model, val_loader))
 
 
-def _finish(run_dir: Path, table, val_idx: np.ndarray) -> Optional[Validation]:
-    """Rank 0, after the last epoch: export the best checkpoint for paddle.inference, then score the
-    validation rows with it, plain and with flip TTA, for the report (which then evaluates nothing)."""
-    checkpoint.export_inference(run_dir)
+def _score_validation(run_dir: Path, table: ImageTable, val_idx: np.ndarray) -> Optional[Validation]:
+    """After the last epoch: the exported best checkpoint's probabilities on the validation rows, plain and
+    with flip TTA, for the report (which then evaluates nothing)."""
     if not len(val_idx):
         return None
     images = table.images[val_idx]

@@ -183,3 +183,28 @@ def test_missing_data_message_lists_places_and_exits_nonzero(tmp_path: Path) -> 
 def test_predict_without_any_run_says_so(tmp_path: Path) -> None:
     result = run_cli("predict", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 2 and "no trained run in" in result.stderr
+
+
+@pytest.mark.parametrize("options, fragment", [
+    (["--nnodes", "2"], "--nnodes 2 needs --node-rank from 0 to 1 for this machine, got None."),
+    (["--nnodes", "2", "--node-rank", "0", "--master", "nohost"], "needs --master HOST:PORT"),
+    (["--node-rank", "1"], "--node-rank and --master are for multi-node jobs"),
+])
+def test_bad_node_options_fail_in_one_line_before_a_run_folder(train_csv: Path, tmp_path: Path, options: list,
+                                                                 fragment: str, capsys: pytest.CaptureFixture) -> None:
+    code = main(["train", "--train", str(train_csv), "--runs-dir", str(tmp_path / "runs"), *options])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_predict_with_tta_says_the_validation_accuracy_with_tta(tiny_run: Path, real_data: dict, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    from competition.checkpoint import Validation
+
+    scores = Validation.load(tiny_run).accuracies()
+    out = tmp_path / "s.csv"
+    assert main(["predict", "--run", str(tiny_run), "--tta", "--test", str(real_data["test"]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (f"validation accuracy {scores['val_acc_tta']:.4f} with TTA ({scores['val_acc']:.4f} without)"
+            in printed)

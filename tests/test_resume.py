@@ -64,7 +64,7 @@ def test_signal_after_first_epoch_then_resume_matches_uninterrupted(
 
 def test_resume_refuses_options_that_would_change_the_run(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--resume", str(tiny_run), "--lr", "0.5", "--model", "fc"]) == 2
-    assert "drop --lr, --model (only --epochs may change)" in capsys.readouterr().err
+    assert "drop --lr, --model (only --epochs, --node-rank and --master may be given)" in capsys.readouterr().err
 
 
 def test_resume_of_a_folder_that_is_not_a_run_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -221,9 +221,10 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
             writer.export()
             writer.finish(_score_validation(run_dir, table, val_idx) if writer.active else None)
         except KeyboardInterrupt:
-            raise TrainingInterrupted(
-                f"interrupted during epoch {state.epoch + 1}; epochs 1-{state.epoch} are saved in {run_dir}; "
-                f"continue with: competition train --resume {run_dir}") from None
+            stage = (f"during epoch {state.epoch + 1}" if state.epoch < config.epochs
+                     else "after the last epoch, while exporting the model")
+            raise TrainingInterrupted(f"interrupted {stage}; epochs 1-{state.epoch} are saved in {run_dir}; "
+                                      f"continue with: competition train --resume {run_dir}") from None
         finally:
             if isinstance(progress, EpochBar):
                 progress.close()

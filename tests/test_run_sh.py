@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,31 @@ def test_missing_python_is_reported_on_stderr(repo: Path) -> None:
     shutil.rmtree(repo / ".venv")
     result = run_sh(repo, PYTHON="no-such-python3")
     assert result.returncode != 0 and "needs Python 3 (no-such-python3 not found" in result.stderr
+
+
+SLOW_TRAINING = """#!/usr/bin/env bash
+echo "$*" >> "$(dirname "$0")/../../calls.log"
+case "$*" in
+    *"competition train"*)
+        trap 'echo "train got TERM" >> "$(dirname "$0")/../../calls.log"; exit 130' TERM
+        echo started > "$(dirname "$0")/../../started"
+        while true; do sleep 0.1; done ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
+def test_a_signal_to_run_sh_reaches_training_and_stops_before_predict(repo: Path, sig: signal.Signals) -> None:
+    assert run_sh(repo, "--epochs", "1").returncode == 0  # set-up done, the stamp written
+    _executable(repo / ".venv" / "bin" / "python", SLOW_TRAINING)
+    (repo / "calls.log").unlink()
+    proc = subprocess.Popen(["bash", str(repo / "run.sh"), "--epochs", "9"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PATH": f"{repo.parent / 'bin'}:/usr/bin:/bin"})
+    deadline = time.monotonic() + 30
+    while not (repo / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)  # run.sh's own PID, not its process group
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert calls(repo) == ["-m competition train --epochs 9", "train got TERM"]

@@ -22,7 +22,7 @@ from .data import TrainingData, load_training_data
 from .errors import CompetitionError, TrainingFailed, TrainingInterrupted
 from .models import build_model
 from .parallel import Nodes
-from .predict import Submission, load_test_table, predict_run
+from .predict import TTA_VIEWS, Submission, load_test_table, predict_run
 from .train import RunResult, run_result, train_run  # noqa: F401  (RunResult: part of the API)
 
 log = logging.getLogger("competition")
@@ -77,12 +77,19 @@ def resume(run_dir: Union[str, Path], epochs: Optional[int] = None, node_rank: O
     return result
 
 
-def submit(run: Union[Run, list[Run], None] = None, tta: bool = True, out: Union[str, Path] = DEFAULT_OUT,
-           test: Optional[str] = None, data_dir: Optional[str] = None, runs_dir: str = "runs") -> Submission:
-    """Write the submission of a run (default: the newest in runs_dir), or of several runs' average."""
+def submit(run: Union[Run, list[Run], None] = None, tta: Union[bool, int] = True,
+           out: Union[str, Path] = DEFAULT_OUT, test: Optional[str] = None, data_dir: Optional[str] = None,
+           runs_dir: str = "runs") -> Submission:
+    """Write the submission of a run (default: the newest in runs_dir), or of several runs' average.
+
+    `tta`: views of each test image averaged, 1, 2 or 6 (True: 2, the image and its mirror; False: 1).
+    """
+    views = {True: 2, False: 1}.get(tta, tta) if isinstance(tta, bool) else int(tta)
+    if views not in TTA_VIEWS:
+        raise CompetitionError(f"tta={tta!r}: expected one of {', '.join(map(str, TTA_VIEWS))} views (or True).")
     runs = run if isinstance(run, list) else [run] if run is not None else [checkpoint.newest_run(runs_dir)]
     run_dirs = [r.run_dir if isinstance(r, RunResult) else Path(r) for r in runs]
-    return predict_run(run_dirs, load_test_table(test, data_dir), Path(out), tta=tta)
+    return predict_run(run_dirs, load_test_table(test, data_dir), Path(out), tta=views)
 
 
 @dataclass

@@ -65,6 +65,7 @@ class Validation:
     labels: np.ndarray  # int64 [N]
     probs: np.ndarray  # float32 [N, 10]
     tta_probs: np.ndarray  # the same averaged with the mirrored images' (predict --tta)
+    tta6_probs: Optional[np.ndarray] = None  # over six views: mirrors and 1-pixel shifts (predict --tta 6)
 
     @property
     def preds(self) -> np.ndarray:
@@ -72,14 +73,18 @@ class Validation:
         return self.probs.argmax(axis=1)
 
     def accuracies(self) -> dict[str, float]:
-        """Accuracy without and with flip test-time augmentation."""
-        return {"val_acc": float((self.preds == self.labels).mean()),
-                "val_acc_tta": float((self.tta_probs.argmax(axis=1) == self.labels).mean())}
+        """Accuracy without and with test-time augmentation (flip; six views when saved)."""
+        scores = {"val_acc": float((self.preds == self.labels).mean()),
+                  "val_acc_tta": float((self.tta_probs.argmax(axis=1) == self.labels).mean())}
+        if self.tta6_probs is not None:
+            scores["val_acc_tta6"] = float((self.tta6_probs.argmax(axis=1) == self.labels).mean())
+        return scores
 
     def save(self, run_dir: Path) -> None:
         """Write validation.npz (compressed: 10,000 rows take about 3 MB)."""
+        arrays = {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
         with atomic_path(Path(run_dir) / VALIDATION) as tmp, open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **dataclasses.asdict(self))
+            np.savez_compressed(handle, **arrays)
 
     @classmethod
     def load(cls, run_dir: Path) -> Optional["Validation"]:
@@ -88,8 +93,8 @@ class Validation:
         if not path.is_file():
             return None
         try:
-            with np.load(path, allow_pickle=False) as saved:
-                return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls)})
+            with np.load(path, allow_pickle=False) as saved:  # tta6_probs: not in files from before it
+                return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved.files})
         except (OSError, ValueError, KeyError) as exc:
             raise CompetitionError(f"{path}: cannot be read ({exc}); train --resume the run to write it again.") \
                 from None

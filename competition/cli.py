@@ -20,7 +20,8 @@ from .config import CONV_CHOICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Co
 from .data import TRAIN_FILE, data_file, read_train_csv
 from .errors import CompetitionError
 from .models import MODELS, build_model
-from .predict import accuracy_on, load_test_table
+from .predict import TTA_VIEWS, accuracy_on, load_test_table
+from .stats import accuracy_text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,7 +97,9 @@ def _predict_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="write a submission CSV for the unlabeled test file")
     p.add_argument("--run", metavar="DIR", action="append", help="run folder (default: the newest in "
                    "--runs-dir); repeat it to average several runs' probabilities (an ensemble)")
-    p.add_argument("--tta", action="store_true", help="also predict mirrored images and average")
+    p.add_argument("--tta", type=int, nargs="?", const=2, default=1, choices=TTA_VIEWS, metavar="VIEWS",
+                   help="average the predictions of several views of each test image: 2 (the image and its "
+                   "mirror; --tta alone) or 6 (both, and both moved by one pixel)")
     p.add_argument("--test", metavar="FILE", help="test CSV (default: found in the data dirs)")
     p.add_argument("--out", metavar="FILE", default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     p.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
@@ -105,7 +108,8 @@ def _predict_parsers(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="accuracy of a run on a test file that has a label column")
     e.add_argument("--run", metavar="DIR", action="append", help="run folder (default: the newest); "
                    "repeat it for an ensemble")
-    e.add_argument("--tta", action="store_true", help="also predict mirrored images and average")
+    e.add_argument("--tta", type=int, nargs="?", const=2, default=1, choices=TTA_VIEWS, metavar="VIEWS",
+                   help="as predict --tta")
     e.add_argument("--test", metavar="FILE", required=True, help="labeled test CSV")
     e.add_argument("--runs-dir", default="runs", metavar="DIR", help="default runs/")
     e.set_defaults(func=cmd_evaluate)
@@ -195,8 +199,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"trained on every row (no validation split); run folder: {result.run_dir}")
     else:
         print(report.format_per_class(pd.read_csv(result.run_dir / report.PER_CLASS_CSV)))
-        tta = f"; {result.val_acc_tta:.4f} with flip TTA" if result.val_acc_tta is not None else ""
-        print(f"best validation accuracy {result.best_val_acc:.4f} (epoch {result.best_epoch}{tta}); "
+        rows = result.val_rows
+        tta = (f"; with flip TTA {accuracy_text(result.val_acc_tta, rows)}" if result.val_acc_tta is not None
+               else "")
+        if result.val_acc_tta6 is not None:
+            tta += f"; with 6-view TTA {accuracy_text(result.val_acc_tta6, rows)}"
+        best = accuracy_text(result.best_val_acc, rows) if rows else f"{result.best_val_acc:.4f}"
+        print(f"best validation accuracy {best}, epoch {result.best_epoch}{tta}; "
               f"run folder: {result.run_dir} (see report.md there)")
     return 0
 
@@ -209,16 +218,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Write the submission and say what it came from."""
     run_dirs = _run_dirs(args)
     result = api.submit(run_dirs, tta=args.tta, out=args.out, test=args.test, data_dir=args.data_dir)
-    tta = " with mirrored test images (TTA)" if args.tta else ""
+    tta = {1: "", 2: " with mirrored test images (TTA)"}.get(args.tta, f" with {args.tta} views of each test image (TTA)")
     if len(run_dirs) > 1:
         print(f"ensemble of {len(run_dirs)} runs{tta}: {', '.join(map(str, run_dirs))}")
     elif result.val_acc is None:
         print(f"run {run_dirs[0]}{tta}: validation accuracy none (trained on every row)")
-    elif args.tta and result.val_acc_tta is not None:
-        print(f"run {run_dirs[0]}{tta}: validation accuracy {result.val_acc_tta:.4f} with TTA "
-              f"({result.val_acc:.4f} without)")
-    else:
+    elif not result.val_rows:  # a run from before validation.npz: no row count for an interval
         print(f"run {run_dirs[0]}{tta}: validation accuracy {result.val_acc:.4f}")
+    elif args.tta > 1 and result.val_acc_tta is not None:
+        print(f"run {run_dirs[0]}{tta}: validation accuracy {accuracy_text(result.val_acc_tta, result.val_rows)} "
+              f"with TTA ({result.val_acc:.2%} without)")
+    else:
+        print(f"run {run_dirs[0]}{tta}: validation accuracy {accuracy_text(result.val_acc, result.val_rows)}")
     print(f"submission: {result.path} ({result.rows} rows; archived as {result.archived})")
     return 0
 

@@ -31,9 +31,10 @@ class Submission:
     archived: Path
     rows: int
     val_acc: Optional[float]  # None without a validation split, and for ensembles
-    val_acc_tta: Optional[float] = None  # the same with flip TTA (validation.json), when known
+    val_acc_tta: Optional[float] = None  # the same with this submission's TTA (validation.npz), when known
+    val_rows: int = 0  # the validation rows behind both (0: unknown)
     runs: list[Path] = field(default_factory=list)  # the run folders whose probabilities were averaged
-    tta: bool = False
+    tta: int = 1  # test-time views averaged: 1 (none), 2 (mirror) or 6 (mirror and 1-pixel shifts)
 
 
 def load_test_table(test: Optional[str], data_dir: Optional[str] = None) -> ImageTable:
@@ -114,19 +115,44 @@ def flip_images(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(square[:, :, ::-1]).reshape(len(square), SIDE * SIDE)
 
 
-def with_flips(probs_of: Callable[[np.ndarray], np.ndarray],
-               images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(plain, mirror-averaged) probabilities from one pass over the images and their mirrors
-    (the model is loaded and warmed up once)."""
-    both = probs_of(np.concatenate([images, flip_images(images)]))
-    plain = both[:len(images)]
-    return plain, (plain + both[len(images):]) / 2
+def shift_images(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Move each uint8 [N, 784] image down by dy and right by dx pixels, filling with 0 (the background)."""
+    square = np.asarray(images).reshape(-1, SIDE, SIDE)
+    out = np.zeros_like(square)
+    rows_to, rows_from = slice(max(dy, 0), SIDE + min(dy, 0)), slice(max(-dy, 0), SIDE + min(-dy, 0))
+    cols_to, cols_from = slice(max(dx, 0), SIDE + min(dx, 0)), slice(max(-dx, 0), SIDE + min(-dx, 0))
+    out[:, rows_to, cols_to] = square[:, rows_from, cols_from]
+    return out.reshape(len(square), SIDE * SIDE)
 
 
-def run_probs(run_dir: Path, images: np.ndarray, tta: bool = False) -> np.ndarray:
-    """A run's probabilities (exported inference model, else dygraph); tta averages in the mirror images."""
-    probs_of = functools.partial(model_probs, Path(run_dir))
-    return with_flips(probs_of, images)[1] if tta else probs_of(images)
+# Test-time augmentation (`--tta VIEWS`): 1 view (none), 2 (the image and its mirror) or 6 (both, and both
+# moved one pixel up-left and down-right), averaged with these weights: airbench's "mirror + translate",
+# which weighs the unmoved pair as much as the four moved views together.
+TTA_VIEWS = (1, 2, 6)
+VIEW_WEIGHTS = {1: (1.0,), 2: (0.5, 0.5), 6: (0.25, 0.25, 0.125, 0.125, 0.125, 0.125)}
+
+
+def view_images(images: np.ndarray, views: int) -> list[np.ndarray]:
+    """The first `views` of: the images, their mirrors, both moved by (-1, -1), both moved by (+1, +1)."""
+    mirrored = flip_images(images)
+    six = [images, mirrored, shift_images(images, -1, -1), shift_images(mirrored, -1, -1),
+           shift_images(images, 1, 1), shift_images(mirrored, 1, 1)]
+    return six[:views]
+
+
+def probs_by_views(probs_of: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                   levels: tuple[int, ...] = TTA_VIEWS) -> dict[int, np.ndarray]:
+    """Probabilities averaged over 1, 2 or 6 views for each level asked, from one pass over the views the
+    largest level needs (the model is loaded and warmed up once)."""
+    views = max(levels)
+    probs = probs_of(np.concatenate(view_images(images, views))).reshape(views, len(images), N_CLASSES)
+    return {k: np.tensordot(np.asarray(VIEW_WEIGHTS[k], np.float32), probs[:k], axes=1).astype(np.float32)
+            for k in levels}
+
+
+def run_probs(run_dir: Path, images: np.ndarray, tta: int = 1) -> np.ndarray:
+    """A run's probabilities (exported inference model, else dygraph), averaged over `tta` views (1, 2 or 6)."""
+    return probs_by_views(functools.partial(model_probs, Path(run_dir)), images, (tta,))[tta]
 
 
 def model_probs(run_dir: Path, images: np.ndarray) -> np.ndarray:
@@ -138,7 +164,7 @@ def model_probs(run_dir: Path, images: np.ndarray) -> np.ndarray:
     return probs
 
 
-def ensemble_probs(run_dirs: list[Path], images: np.ndarray, tta: bool = False) -> np.ndarray:
+def ensemble_probs(run_dirs: list[Path], images: np.ndarray, tta: int = 1) -> np.ndarray:
     """The mean of the runs' softmax probabilities [N, 10] (not a vote of their labels)."""
     if not run_dirs:
         raise CompetitionError("an ensemble needs at least one run folder.")
@@ -153,7 +179,7 @@ def as_run_list(run_dirs: RunDirs) -> list[Path]:
     return [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
 
 
-def accuracy_on(run_dirs: RunDirs, table: ImageTable, tta: bool = False) -> float:
+def accuracy_on(run_dirs: RunDirs, table: ImageTable, tta: int = 1) -> float:
     """Accuracy of a run's model, or of several runs' averaged probabilities, on a labeled table."""
     if table.labels is None:
         raise CompetitionError(f"{table.path}: has no 'label' column to score against.")
@@ -161,14 +187,14 @@ def accuracy_on(run_dirs: RunDirs, table: ImageTable, tta: bool = False) -> floa
     return float((probs.argmax(1) == table.labels).mean())
 
 
-def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: bool = False) -> Submission:
+def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -> Submission:
     """Write the submission of one run, or of an ensemble of runs, to `out` and a never-overwritten copy.
 
     The copy is named `<run>-val<best acc>` (`<run>-noval` without a validation
     split) for one run, and `ensemble-<n>-<first run>-<digest>` for several,
     where the digest is of the sorted run names, so different ensembles that
     start with the same run get different names. `-tta` is appended when the
-    mirror images were averaged in. An ensemble's val_acc is None: its runs
+    mirror images were averaged in, `-tta6` for six views. An ensemble's val_acc is None: its runs
     may have held out different rows, so no single validation score applies.
     """
     runs = as_run_list(run_dirs)
@@ -176,11 +202,13 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: bool = Fal
     frame = submission_frame(table, labels)
     write_submission(frame, out)
     val_acc = checkpoint.best_val_acc(runs[0]) if len(runs) == 1 else None
-    stem = _archive_stem(runs, val_acc) + ("-tta" if tta else "")
+    stem = _archive_stem(runs, val_acc) + {1: "", 2: "-tta"}.get(tta, f"-tta{tta}")
     archived = archive_submission(out, Path(out).parent, stem)
     validation = checkpoint.Validation.load(runs[0]) if len(runs) == 1 and val_acc is not None else None
-    val_acc_tta = None if validation is None else validation.accuracies()["val_acc_tta"]
-    return Submission(out, archived, len(frame), val_acc, val_acc_tta, runs, tta)
+    scores = {} if validation is None else validation.accuracies()
+    key = {1: "val_acc", 2: "val_acc_tta"}.get(tta, f"val_acc_tta{tta}")
+    return Submission(out, archived, len(frame), val_acc, scores.get(key),
+                      0 if validation is None else len(validation.labels), runs, tta)
 
 
 def _archive_stem(runs: list[Path], val_acc: Optional[float]) -> str:

@@ -24,6 +24,7 @@ from .data import CLASS_NAMES, SIDE, ImageTable  # noqa: E402
 from .errors import CompetitionError  # noqa: E402
 from .models import build_model, count_parameters  # noqa: E402
 from .runtime import RUNTIME, Runtime  # noqa: E402
+from .stats import wilson_interval  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ DPI = 100  # with every figsize >= 4 inches, each PNG is at least 400x400 px
 CURVES, CONFUSION, MISTAKES = "curves.png", "confusion.png", "mistakes.png"
 PER_CLASS_CSV, PER_CLASS_PNG, REPORT = "per_class.csv", "per_class.png", "report.md"
 PER_CLASS_COLUMNS = ["class", "name", "correct", "total", "accuracy"]
+INTERVAL = "95% interval"  # of an accuracy, shown beside it (stats.wilson_interval)
 COMPARE_COLUMNS = ["run", "model", "best_epoch", "best_val_acc", "epochs", "seconds"]
 MAX_MISTAKES = 25  # a 5x5 grid
 TITLE_BY = ("auto", "label", "id")
@@ -56,27 +58,36 @@ def per_class_table(labels: np.ndarray, preds: np.ndarray) -> pd.DataFrame:
 
 
 def format_per_class(table: pd.DataFrame) -> str:
-    """An aligned plain-text per-class table with an `all` row, for the console."""
+    """An aligned plain-text per-class table with an `all` row and 95% intervals, for the console."""
     width = max(len("name"), *(len(str(name)) for name in table["name"]))
-    lines = [f"{'class':>5}  {'name':<{width}}  {'correct':>7}  {'total':>5}  {'accuracy':>8}"]
+    lines = [f"{'class':>5}  {'name':<{width}}  {'correct':>7}  {'total':>5}  {'accuracy':>8}  {INTERVAL:>13}"]
     for row in table.itertuples(index=False):
         lines.append(f"{row[0]:>5}  {row.name:<{width}}  {row.correct:>7}  {row.total:>5}  "
-                     f"{_acc_text(row.accuracy):>8}")
+                     f"{_acc_text(row.accuracy):>8}  {_interval_text(row.accuracy, row.total):>13}")
     correct, total = int(table["correct"].sum()), int(table["total"].sum())
     overall = correct / total if total else math.nan
-    lines.append(f"{'all':>5}  {'':<{width}}  {correct:>7}  {total:>5}  {_acc_text(overall):>8}")
+    lines.append(f"{'all':>5}  {'':<{width}}  {correct:>7}  {total:>5}  {_acc_text(overall):>8}  "
+                 f"{_interval_text(overall, total):>13}")
     return "\n".join(lines)
 
 
 def per_class_markdown(table: pd.DataFrame) -> str:
-    """The per-class table as a markdown table."""
-    rows = [[str(row[0]), str(row.name), str(row.correct), str(row.total), _acc_text(row.accuracy)]
-            for row in table.itertuples(index=False)]
-    return _markdown_table(PER_CLASS_COLUMNS, rows)
+    """The per-class table as a markdown table, with each accuracy's 95% interval."""
+    rows = [[str(row[0]), str(row.name), str(row.correct), str(row.total), _acc_text(row.accuracy),
+             _interval_text(row.accuracy, row.total)] for row in table.itertuples(index=False)]
+    return _markdown_table(PER_CLASS_COLUMNS + [INTERVAL], rows)
 
 
 def _acc_text(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def _interval_text(value: float, rows: int) -> str:
+    """`0.9302-0.9584`: the 95% Wilson interval of an accuracy over `rows` rows; `-` without rows."""
+    if value is None or math.isnan(value) or not rows:
+        return "-"
+    low, high = wilson_interval(value, int(rows))
+    return f"{low:.4f}-{high:.4f}"
 
 
 def _markdown_table(header: Sequence[str], rows: list[list[str]]) -> str:
@@ -271,7 +282,8 @@ def write_report(run_dir: Path) -> list[Path]:
         _check_matches_summary(run_dir, table, summary)
         written += _validation_files(run_dir, val, table)
     text = report_markdown(run_dir, config, summary, _parameters(config), table,
-                           None if val is None else val.accuracies()["val_acc_tta"], _runtime_line(run_dir))
+                           {} if val is None else val.accuracies(), _runtime_line(run_dir),
+                           0 if val is None else len(val.labels))
     with checkpoint.atomic_path(run_dir / REPORT) as tmp:
         tmp.write_text(text)
     written.append(run_dir / REPORT)
@@ -309,12 +321,15 @@ def _check_matches_summary(run_dir: Path, table: pd.DataFrame, summary: pd.DataF
 
 
 def report_markdown(run_dir: Path, config: Config, summary: pd.DataFrame, n_params: int,
-                    table: Optional[pd.DataFrame], tta_acc: Optional[float] = None,
-                    ran: Optional[str] = None) -> str:
-    """report.md: headline numbers, pictures, per-class table and configuration."""
-    rows = _headline_rows(config, summary, n_params)
-    if tta_acc is not None:
-        rows.insert(1, ["with flip TTA (`predict --tta`)", f"{tta_acc:.4f}"])
+                    table: Optional[pd.DataFrame], scores: Optional[dict[str, float]] = None,
+                    ran: Optional[str] = None, val_rows: int = 0) -> str:
+    """report.md: headline numbers (accuracies with their 95% intervals over `val_rows` rows; `scores`
+    from Validation.accuracies()), pictures, per-class table and configuration."""
+    rows = _headline_rows(config, summary, n_params, val_rows)
+    for key, name in (("val_acc_tta6", "with 6-view TTA (`predict --tta 6`)"),
+                      ("val_acc_tta", "with flip TTA (`predict --tta`)")):
+        if key in (scores or {}):
+            rows.insert(1, [name, f"{scores[key]:.4f} ({_interval_text(scores[key], val_rows)})"])
     if ran is not None:
         rows.append(["trained on (runtime.json)", ran])
     parts = [f"# Run `{Path(run_dir).name}`", "## Headline", _markdown_table(["", ""], rows),
@@ -335,14 +350,16 @@ def report_markdown(run_dir: Path, config: Config, summary: pd.DataFrame, n_para
     return "\n\n".join(parts) + "\n"
 
 
-def _headline_rows(config: Config, summary: pd.DataFrame, n_params: int) -> list[list[str]]:
+def _headline_rows(config: Config, summary: pd.DataFrame, n_params: int, val_rows: int) -> list[list[str]]:
     seconds, epochs = float(summary["seconds"].sum()), len(summary)
     planned = f" of {config.epochs} planned" if epochs != config.epochs else ""  # an interrupted run
     rows = [["model", f"{config.model} ({n_params:,} parameters)"], ["epochs", f"{epochs}{planned}"],
             ["training time", f"{seconds:.1f} s ({seconds / max(epochs, 1):.1f} s per epoch)"]]
     best = checkpoint.best_row(summary)
     if best is not None:
-        rows.insert(0, ["best validation accuracy", f"**{best['val_acc']:.4f}** (epoch {int(best['epoch'])})"])
+        interval = f"95% interval {_interval_text(best['val_acc'], val_rows)} over {val_rows:,} rows; " \
+            if val_rows else ""
+        rows.insert(0, ["best validation accuracy", f"**{best['val_acc']:.4f}** ({interval}epoch {int(best['epoch'])})"])
         rows.append(["validation loss at best", f"{best['val_loss']:.4f}"])
     else:
         rows.insert(0, ["best validation accuracy", "none (no validation split)"])

@@ -23,6 +23,7 @@ from .data import EVAL_BATCH, Augment, FashionMNIST, ImageTable, TrainingData, l
 from .errors import TrainingInterrupted
 from .models import build_model, count_parameters
 from .progress import EpochBar, Progress
+from .stats import wilson_interval
 
 log = logging.getLogger("competition")
 
@@ -36,6 +37,8 @@ class RunResult:
     best_val_acc: Optional[float]  # None without a validation split
     best_epoch: int
     val_acc_tta: Optional[float] = None  # the best checkpoint's accuracy with flip TTA
+    val_acc_tta6: Optional[float] = None  # … with six-view TTA (mirrors and 1-pixel shifts)
+    val_rows: int = 0  # validation rows behind those accuracies (their 95% interval: stats.accuracy_text)
 
 
 class WeightAverage:
@@ -86,8 +89,11 @@ def run_result(run_dir: Path) -> RunResult:
     if best is None:
         return RunResult(Path(run_dir), history, None, int(summary["epoch"].iloc[-1]))
     validation = Validation.load(Path(run_dir))
-    tta = None if validation is None else validation.accuracies()["val_acc_tta"]
-    return RunResult(Path(run_dir), history, float(best["val_acc"]), int(best["epoch"]), tta)
+    if validation is None:
+        return RunResult(Path(run_dir), history, float(best["val_acc"]), int(best["epoch"]))
+    scores = validation.accuracies()
+    return RunResult(Path(run_dir), history, float(best["val_acc"]), int(best["epoch"]), scores["val_acc_tta"],
+                     scores.get("val_acc_tta6"), len(validation.labels))
 
 
 def seed_everything(seed: int) -> None:
@@ -217,7 +223,8 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
                                  shuffle=False) if len(val_idx) else None
         progress = writer.progress or (EpochBar() if rank == 0 else None)
         try:
-            _epochs(config, model, optimizer, scheduler, ema, train_loader, val_loader, state, writer, progress)
+            _epochs(config, model, optimizer, scheduler, ema, train_loader, (val_loader, len(val_idx)), state,
+                    writer, progress)
             writer.export()
             writer.finish(_score_validation(run_dir, table, val_idx) if writer.active else None)
         except KeyboardInterrupt:
@@ -251,9 +258,13 @@ def _start_state(writer: RunWriter, model: nn.Layer, optimizer: paddle.optimizer
 
 def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
             scheduler: paddle.optimizer.lr.LRScheduler, ema: Optional[WeightAverage],
-            train_loader: paddle.io.DataLoader, val_loader: Optional[paddle.io.DataLoader], state: TrainState,
-            writer: RunWriter, progress: Optional[Progress]) -> None:
-    """Train one epoch, evaluate, record: from the epoch after the saved one to the last."""
+            train_loader: paddle.io.DataLoader, validation: tuple[Optional[paddle.io.DataLoader], int],
+            state: TrainState, writer: RunWriter, progress: Optional[Progress]) -> None:
+    """Train one epoch, evaluate, record: from the epoch after the saved one to the last.
+
+    `validation` is this rank's validation loader and the number of validation rows over all ranks.
+    """
+    val_loader, val_rows = validation
     net = paddle.DataParallel(model) if parallel.world()[1] > 1 else model  # averages gradients over ranks
     for epoch in range(state.epoch + 1, config.epochs + 1):
         started = time.perf_counter()
@@ -273,9 +284,10 @@ def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimiz
         if ema is not None:
             state.ema = ema.state()
         writer.epoch(state, model, optimizer, losses)
-        log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f lr %.2g %.1fs", epoch,
-                 config.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"], lr,
-                 row["seconds"])
+        low, high = wilson_interval(row["val_acc"], val_rows)  # nan without a validation split
+        log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f (%.4f-%.4f) lr %.2g %.1fs",
+                 epoch, config.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"], low,
+                 high, lr, row["seconds"])
 
 
 def validate(model: nn.Layer, val_loader: Optional[paddle.io.DataLoader]) -> dict[str, float]:
@@ -296,9 +308,8 @@ def _score_validation(run_dir: Path, table: ImageTable, val_idx: np.ndarray) -> 
     if not len(val_idx):
         return None
     images = table.images[val_idx]
-    probs, tta_probs = predict.with_flips(lambda x: predict.model_probs(run_dir, x), images)
-    return Validation(val_idx, images, table.labels[val_idx], probs.astype(np.float32),
-                      tta_probs.astype(np.float32))
+    by_views = predict.probs_by_views(lambda x: predict.model_probs(run_dir, x), images)
+    return Validation(val_idx, images, table.labels[val_idx], by_views[1], by_views[2], by_views[6])
 
 
 def _augment(config: Config) -> Augment:

@@ -15,6 +15,7 @@ import pytest
 from competition.cli import main
 from competition.data import FashionMNIST, make_loader, read_train_csv
 from competition.models import build_model
+from competition.stats import accuracy_text
 from competition.train import evaluate, train_one_epoch
 from conftest import REPO, random_images, write_csv
 
@@ -52,7 +53,7 @@ def test_predict_writes_a_valid_submission_and_an_archive(tiny_run: Path, real_d
     archived = out.parent / f"{tiny_run.name}-val{val_acc:.4f}.csv"
     assert archived.read_bytes() == out.read_bytes()
     printed = capsys.readouterr().out
-    assert f"validation accuracy {val_acc:.4f}" in printed and str(out) in printed
+    assert f"validation accuracy {accuracy_text(val_acc, 100)}" in printed and str(out) in printed
     # A second prediction keeps the first archive and adds another.
     assert main(["predict", "--run", str(tiny_run), "--test", str(real_data["test"]), "--out", str(out)]) == 0
     assert archived.exists() and (out.parent / f"{archived.stem}-2.csv").exists()
@@ -206,5 +207,5 @@ def test_predict_with_tta_says_the_validation_accuracy_with_tta(tiny_run: Path, 
     out = tmp_path / "s.csv"
     assert main(["predict", "--run", str(tiny_run), "--tta", "--test", str(real_data["test"]), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert (f"validation accuracy {scores['val_acc_tta']:.4f} with TTA ({scores['val_acc']:.4f} without)"
-            in printed)
+    tta = accuracy_text(scores["val_acc_tta"], 100)  # tiny_run holds out 100 rows
+    assert f"validation accuracy {tta} with TTA ({scores['val_acc']:.2%} without)" in printed

@@ -70,9 +70,9 @@ def test_ensemble_needs_a_run() -> None:
 
 def test_tta_averages_the_images_and_their_mirrors(tiny_run: Path, images: np.ndarray) -> None:
     expected = (run_probs(tiny_run, images) + run_probs(tiny_run, flip_images(images))) / 2
-    tta = run_probs(tiny_run, images, tta=True)
+    tta = run_probs(tiny_run, images, tta=2)
     np.testing.assert_allclose(tta, expected, atol=1e-6)
-    np.testing.assert_allclose(ensemble_probs([tiny_run], images, tta=True), expected, atol=1e-6)
+    np.testing.assert_allclose(ensemble_probs([tiny_run], images, tta=2), expected, atol=1e-6)
 
 
 def test_predict_with_two_runs_writes_a_submission_and_an_ensemble_archive(
@@ -89,14 +89,14 @@ def test_predict_with_two_runs_writes_a_submission_and_an_ensemble_archive(
     assert result.archived.name.startswith(f"ensemble-2-{tiny_run.name}-")
     assert result.archived.read_bytes() == out.read_bytes()
     assert result.val_acc is None and result.runs == [tiny_run, other_run] and result.rows == len(table)
-    tta = predict_run([tiny_run, other_run], table, out, tta=True)
+    tta = predict_run([tiny_run, other_run], table, out, tta=2)
     assert tta.archived.stem == f"{result.archived.stem}-tta" and result.archived.exists()
 
 
 def test_one_run_with_tta_keeps_its_archive_name_with_tta_appended(tiny_run: Path, real_data: dict,
                                                                    tmp_path: Path) -> None:
     out = tmp_path / "submission.csv"
-    result = predict_run(tiny_run, read_test_csv(real_data["test"]), out, tta=True)
+    result = predict_run(tiny_run, read_test_csv(real_data["test"]), out, tta=2)
     val_acc = pd.read_csv(tiny_run / "summary.csv")["val_acc"].max()
     assert result.archived.name == f"{tiny_run.name}-val{val_acc:.4f}-tta.csv"
     assert result.val_acc == pytest.approx(val_acc) and result.tta
@@ -105,7 +105,62 @@ def test_one_run_with_tta_keeps_its_archive_name_with_tta_appended(tiny_run: Pat
 def test_accuracy_of_several_runs_scores_their_mean_probabilities(tiny_run: Path, other_run: Path,
                                                                   real_data: dict) -> None:
     table = read_train_csv(real_data["labeled_test"])
-    probs = ensemble_probs([tiny_run, other_run], table.images, tta=True)
+    probs = ensemble_probs([tiny_run, other_run], table.images, tta=2)
     expected = float((probs.argmax(1) == table.labels).mean())
-    assert accuracy_on([tiny_run, other_run], table, tta=True) == pytest.approx(expected)
+    assert accuracy_on([tiny_run, other_run], table, tta=2) == pytest.approx(expected)
     assert accuracy_on(tiny_run, table) == accuracy_on([tiny_run], table)
+
+
+def test_shifted_images_keep_shape_values_and_fill_with_background() -> None:
+    from competition.predict import shift_images
+
+    images = np.random.default_rng(0).integers(1, 256, (3, 784), dtype=np.uint8)
+    down = shift_images(images, 1, 1)
+    assert down.shape == images.shape and down.dtype == np.uint8
+    square, moved = images.reshape(3, 28, 28), down.reshape(3, 28, 28)
+    assert (moved[:, 0, :] == 0).all() and (moved[:, :, 0] == 0).all()  # the new edge is background
+    np.testing.assert_array_equal(moved[:, 1:, 1:], square[:, :-1, :-1])
+    np.testing.assert_array_equal(shift_images(down, -1, -1).reshape(3, 28, 28)[:, :-1, :-1], square[:, :-1, :-1])
+
+
+def test_six_view_tta_of_a_model_that_ignores_mirrors_and_shifts_is_its_plain_prediction() -> None:
+    from competition.predict import probs_by_views, view_images
+
+    rng = np.random.default_rng(1)
+    square = np.zeros((5, 28, 28), np.uint8)
+    square[:, 2:-2, 2:-2] = rng.integers(0, 256, (5, 24, 24))  # a background border, as in Fashion-MNIST
+    images = square.reshape(5, 784)
+
+    def by_brightness(x: np.ndarray) -> np.ndarray:
+        """Probabilities from the total brightness alone: the same for mirrored and shifted images."""
+        total = x.reshape(len(x), -1).sum(axis=1, dtype=np.float64)[:, None]
+        logits = np.sin(total / 1000.0 * np.arange(1, 11))
+        return (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+
+    views = view_images(images, 6)
+    assert len(views) == 6 and views[0] is images and not np.array_equal(views[2], images)
+    by = probs_by_views(by_brightness, images)
+    for level in (2, 6):
+        np.testing.assert_allclose(by[level], by[1], atol=1e-6)
+        np.testing.assert_allclose(by[level].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_six_view_tta_weighs_the_unmoved_pair_as_much_as_the_moved_views(tiny_run: Path,
+                                                                        images: np.ndarray) -> None:
+    from competition.predict import shift_images
+
+    plain, mirrored = images, flip_images(images)
+    moved = [shift_images(x, d, d) for d in (-1, 1) for x in (plain, mirrored)]
+    expected = (0.25 * (run_probs(tiny_run, plain) + run_probs(tiny_run, mirrored))
+                + 0.125 * sum(run_probs(tiny_run, x) for x in moved))
+    np.testing.assert_allclose(run_probs(tiny_run, images, tta=6), expected, atol=1e-6)
+    np.testing.assert_array_equal(run_probs(tiny_run, images, tta=6), run_probs(tiny_run, images, tta=6))
+
+
+def test_six_view_submission_is_archived_as_such_with_its_validation_accuracy(tiny_run: Path, real_data: dict,
+                                                                              tmp_path: Path) -> None:
+    from competition.checkpoint import Validation
+
+    result = predict_run(tiny_run, read_test_csv(real_data["test"]), tmp_path / "s.csv", tta=6)
+    assert result.archived.name.endswith("-tta6.csv") and result.tta == 6
+    assert result.val_acc_tta == Validation.load(tiny_run).accuracies()["val_acc_tta6"]

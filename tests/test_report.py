@@ -95,8 +95,11 @@ def test_validation_json_holds_the_accuracy_with_and_without_flip_tta(reported: 
     np.testing.assert_array_equal(saved.indices, val_idx)
     np.testing.assert_array_equal(saved.images, table.images[val_idx])
     rows = ImageTable(table.path, table.images[val_idx], table.labels[val_idx])
-    assert scores["val_acc_tta"] == pytest.approx(predict.accuracy_on(run_dir, rows, tta=True), abs=1e-6)
-    assert f"| with flip TTA (`predict --tta`) | {scores['val_acc_tta']:.4f} |" in (run_dir / "report.md").read_text()
+    assert scores["val_acc_tta"] == pytest.approx(predict.accuracy_on(run_dir, rows, tta=2), abs=1e-6)
+    text = (run_dir / "report.md").read_text()
+    assert f"| with flip TTA (`predict --tta`) | {scores['val_acc_tta']:.4f} (" in text
+    assert f"| with 6-view TTA (`predict --tta 6`) | {scores['val_acc_tta6']:.4f} (" in text
+    assert scores["val_acc_tta6"] == pytest.approx(predict.accuracy_on(tiny_run, rows, tta=6), abs=1e-6)
 
 
 def test_report_md_links_every_picture_and_holds_the_tables(reported: dict) -> None:
@@ -140,8 +143,8 @@ def test_per_class_table_keeps_every_class_and_marks_empty_ones_nan() -> None:
     assert list(table["correct"][:2]) == [1, 2] and table["accuracy"][1] == pytest.approx(2 / 3)
     assert math.isnan(table["accuracy"][2])
     lines = report.format_per_class(table).splitlines()
-    assert len(lines) == 12 and lines[0].split() == ["class", "name", "correct", "total", "accuracy"]
-    assert lines[3].split()[-1] == "-" and lines[-1].split() == ["all", "3", "5", "0.6000"]
+    assert len(lines) == 12 and lines[0].split() == ["class", "name", "correct", "total", "accuracy", "95%", "interval"]
+    assert lines[3].split()[-2:] == ["-", "-"] and lines[-1].split() == ["all", "3", "5", "0.6000", "0.2307-0.8824"]
     assert len({len(line) for line in lines}) == 1, "columns are not aligned"
 
 

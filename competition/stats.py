@@ -1,0 +1,26 @@
+"""Honest accuracy figures: a validation accuracy is a proportion of rows, so it comes with an interval."""
+from __future__ import annotations
+
+import math
+
+Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
+
+
+def wilson_interval(accuracy: float, rows: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of an accuracy measured on `rows` rows.
+
+    Wilson rather than the normal approximation: it stays inside [0, 1] and is right near 0 and 1
+    (an accuracy of 1.0 on 100 rows gives 0.963-1.0, not 1.0-1.0).
+    """
+    if rows <= 0:
+        return math.nan, math.nan
+    z2n = z * z / rows
+    centre = (accuracy + z2n / 2) / (1 + z2n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / rows + z2n / (4 * rows)) / (1 + z2n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_text(accuracy: float, rows: int) -> str:
+    """`94.60% (93.06-95.77%, 1,000 rows)`: an accuracy with its 95% interval and the rows behind it."""
+    low, high = wilson_interval(accuracy, rows)
+    return f"{accuracy:.2%} ({low:.2%}-{high:.2%}, {rows:,} rows)".replace("%-", "-", 1)

@@ -67,7 +67,7 @@ def test_installs_the_kernel_headers_alone_and_goes_on_without_them(repo: Path) 
     result = run_sh(repo, "--epochs", "1", FAKE_FAIL=headers)
     assert headers in calls(repo)
     assert result.returncode == 0 and "Paddle's slower conv" in result.stderr
-    assert calls(repo)[-2:] == ["-m competition train --epochs 1", "-m competition predict --tta"]
+    assert calls(repo)[-2:] == ["-m competition train --epochs 1", "-m competition predict --tta 6"]
 
 
 def test_gpu_machine_installs_the_gpu_extra_from_paddles_index(repo: Path) -> None:
@@ -78,12 +78,12 @@ def test_gpu_machine_installs_the_gpu_extra_from_paddles_index(repo: Path) -> No
 
 def test_options_go_to_training_then_predict_runs(repo: Path) -> None:
     assert run_sh(repo, "--model", "fc", "--epochs", "5").returncode == 0
-    assert calls(repo)[-2:] == ["-m competition train --model fc --epochs 5", "-m competition predict --tta"]
+    assert calls(repo)[-2:] == ["-m competition train --model fc --epochs 5", "-m competition predict --tta 6"]
 
 
 def test_no_options_train_the_default_preset_then_predict(repo: Path) -> None:
     assert run_sh(repo).returncode == 0
-    assert calls(repo)[-2:] == ["-m competition train --preset default", "-m competition predict --tta"]
+    assert calls(repo)[-2:] == ["-m competition train --preset default", "-m competition predict --tta 6"]
 
 
 def test_test_subcommand_passes_pytest_arguments(repo: Path) -> None:

@@ -218,7 +218,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Write the submission and say what it came from."""
     run_dirs = _run_dirs(args)
     result = api.submit(run_dirs, tta=args.tta, out=args.out, test=args.test, data_dir=args.data_dir)
-    tta = {1: "", 2: " with mirrored test images (TTA)"}.get(args.tta, f" with {args.tta} views of each test image (TTA)")
+    tta = {1: "", 2: " with mirrored test images (TTA)"}.get(args.tta,
+                                                           f" with {args.tta} views of each test image (TTA)")
     if len(run_dirs) > 1:
         print(f"ensemble of {len(run_dirs)} runs{tta}: {', '.join(map(str, run_dirs))}")
     elif result.val_acc is None:

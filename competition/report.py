@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -15,7 +14,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from paddle import nn  # noqa: E402
 
 from . import checkpoint  # noqa: E402
 from .checkpoint import VALIDATION_JSON, Validation  # noqa: E402
@@ -359,7 +357,8 @@ def _headline_rows(config: Config, summary: pd.DataFrame, n_params: int, val_row
     if best is not None:
         interval = f"95% interval {_interval_text(best['val_acc'], val_rows)} over {val_rows:,} rows; " \
             if val_rows else ""
-        rows.insert(0, ["best validation accuracy", f"**{best['val_acc']:.4f}** ({interval}epoch {int(best['epoch'])})"])
+        headline = f"**{best['val_acc']:.4f}** ({interval}epoch {int(best['epoch'])})"
+        rows.insert(0, ["best validation accuracy", headline])
         rows.append(["validation loss at best", f"{best['val_loss']:.4f}"])
     else:
         rows.insert(0, ["best validation accuracy", "none (no validation split)"])

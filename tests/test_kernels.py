@@ -1,8 +1,6 @@
 """The oneDNN conv kernel: same values and gradients as Paddle's conv; a clear fallback without it."""
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import paddle
 import paddle.nn.functional as F

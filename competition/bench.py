@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from . import checkpoint, parallel, predict, runtime
+from . import checkpoint, kernels, parallel, predict, runtime
 from .config import Config
 from .data import FashionMNIST, make_loader, read_train_csv
 from .errors import CompetitionError
@@ -36,6 +36,12 @@ class BenchSettings:
     device: str = "auto"
     conv: str = "auto"  # CPU conv kernel, as `train --conv`
     precision: str = "fp32"  # as `train --precision`
+    width: Optional[int] = None  # model options, as `train --width/--depth` (cnn, resnet)
+    depth: Optional[int] = None
+
+    def model_options(self) -> dict[str, int]:
+        """The size options that were given."""
+        return {k: v for k, v in (("width", self.width), ("depth", self.depth)) if v is not None}
 
     def runtime(self) -> runtime.Runtime:
         """What the timed steps run on, resolved as for a training run."""
@@ -49,7 +55,7 @@ def paddle_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.
     cpu_kernels = runtime.apply(settings.runtime())
     rank, world = parallel.world()
     paddle.seed(0)
-    model = build_model(settings.model, cpu_kernels)
+    model = build_model(settings.model, cpu_kernels, **settings.model_options())
     net = paddle.DataParallel(model) if world > 1 else model
     optimizer = paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters())
     loader = make_loader(FashionMNIST(images, labels), settings.batch_size // world, shuffle=True)
@@ -61,10 +67,10 @@ def paddle_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.
     return (time.perf_counter() - started) / done
 
 
-def predict_seconds(model_name: str, images: np.ndarray) -> float:
+def predict_seconds(settings: BenchSettings, images: np.ndarray) -> float:
     """Seconds to predict `images` through an exported model and a warmed-up paddle.inference predictor."""
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint.save_inference(build_model(model_name), Path(folder))
+        checkpoint.save_inference(build_model(settings.model, **settings.model_options()), Path(folder))
         predictor = predict.load_predictor(Path(folder))
         started = time.perf_counter()
         predict.run_predictor(predictor, images)
@@ -78,19 +84,23 @@ def torch_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.n
     except ImportError:
         return None
     torch.manual_seed(0)
-    model = _torch_model(settings.model)
+    model = _torch_model(settings.model, settings.model_options())
     if model is None:
         return None
+    # PyTorch at its best on this CPU: channels-last layouts, and bfloat16 autocast where the CPU has it.
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.from_numpy(images.reshape(-1, 1, 28, 28).astype(np.float32) / np.float32(255))
     y = torch.from_numpy(labels.astype(np.int64))
     order = torch.randperm(len(x))
     model.train()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=kernels.cpu_has_bf16())
 
     def step(k: int) -> None:
         batch = order[(k * settings.batch_size) % len(x):][: settings.batch_size]
-        logits = model(x[batch])
-        loss = torch.nn.functional.cross_entropy(logits, y[batch])
+        with autocast:
+            logits = model(x[batch].contiguous(memory_format=torch.channels_last))
+            loss = torch.nn.functional.cross_entropy(logits.float(), y[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -104,20 +114,50 @@ def torch_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.n
     return (time.perf_counter() - started) / settings.steps
 
 
-def _torch_model(name: str):
+def _torch_model(name: str, options: dict[str, int]):
+    """The PyTorch twin of a registered model (the same layers and sizes); None for a model without one."""
     from torch import nn
 
     def block(c_in: int, c_out: int, k: int, pad: int = 0) -> list:
         return [nn.Conv2d(c_in, c_out, k, padding=pad, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
+    def cnn(width: int = 16, hidden: int = 0):
+        head = [nn.Linear(100 * width, hidden), nn.ReLU(), nn.Linear(hidden, 10)] if hidden else \
+            [nn.Linear(100 * width, 10)]
+        return nn.Sequential(*block(1, width, 5, 2), nn.MaxPool2d(2), *block(width, 2 * width, 3),
+                             *block(2 * width, 4 * width, 3), nn.MaxPool2d(2), nn.Flatten(), *head)
+
     twins = {
         "fc": lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.LeakyReLU(), nn.Linear(128, 10)),
         "conv": lambda: nn.Sequential(nn.Conv2d(1, 10, 5), nn.ReLU(), nn.Conv2d(10, 20, 5), nn.ReLU(),
                                       nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2000, 10)),
-        "cnn": lambda: nn.Sequential(*block(1, 16, 5, 2), nn.MaxPool2d(2), *block(16, 32, 3), *block(32, 64, 3),
-                                     nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1600, 10)),
+        "cnn": cnn,
+        "resnet": _torch_resnet,
     }
-    return twins[name]() if name in twins else None  # resnet has no PyTorch twin yet
+    return twins[name](**options) if name in twins else None
+
+
+def _torch_resnet(width: int = 32, depth: int = 2):
+    """models.build_resnet in PyTorch."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c_in: int, c_out: int, stride: int):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
+                                      nn.ReLU(), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+        def forward(self, x):
+            return nn.functional.relu(self.body(x) + self.shortcut(x))
+
+    layers, c_in = [nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()], width
+    for stage, c_out in enumerate((width, 2 * width, 4 * width)):
+        for index in range(depth):
+            layers.append(Block(c_in, c_out, 2 if stage > 0 and index == 0 else 1))
+            c_in = c_out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, 10))
 
 
 def steps_per_epoch(batch_size: int) -> int:
@@ -125,11 +165,64 @@ def steps_per_epoch(batch_size: int) -> int:
     return math.ceil(EPOCH_IMAGES / batch_size)
 
 
+def conv_flops_per_image(settings: BenchSettings) -> float:
+    """Floating-point operations of the model's convolutions in one training step, per image, counted
+    from each conv's shapes: forward, backward-data and backward-weights are 2·MACs each, except that
+    the first conv (it sees the images) computes no input gradient."""
+    model = build_model(settings.model, **settings.model_options())
+    forward: list[float] = []
+
+    def count(layer: paddle.nn.Conv2D, inputs: tuple, output: paddle.Tensor) -> None:
+        out_c, in_c, kh, kw = layer.weight.shape
+        forward.append(2.0 * out_c * in_c * kh * kw * output.shape[2] * output.shape[3])
+
+    hooks = [layer.register_forward_post_hook(count) for layer in model.sublayers()
+             if isinstance(layer, paddle.nn.Conv2D)]
+    model.eval()
+    with paddle.no_grad():
+        model(paddle.zeros([1, 1, 28, 28]))
+    for hook in hooks:
+        hook.remove()
+    return 3 * sum(forward) - (forward[0] if forward else 0.0)
+
+
+def matmul_peaks() -> dict[str, Optional[float]]:
+    """GFLOP/s of a large matrix product on every core, float32 and bfloat16 (PyTorch's; numpy's float32
+    without it): the ceiling a training step's convolutions are held against."""
+    try:
+        import torch
+    except ImportError:
+        a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+        return {"fp32": _gflops(lambda: a @ a, 2048), "bf16": None}
+    a = torch.rand(2048, 2048)
+    b = a.to(torch.bfloat16)
+    bf16 = _gflops(lambda: b @ b, 2048) if kernels.cpu_has_bf16() else None
+    return {"fp32": _gflops(lambda: a @ a, 2048), "bf16": bf16}
+
+
+def _gflops(product, n: int, repeats: int = 5) -> float:
+    product()  # warm-up
+    best = min(_timed(product) for _ in range(repeats))
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def _timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
 def summarize(settings: BenchSettings, paddle_step: float, torch_step: Optional[float],
               predict_s: float, ran: runtime.Runtime) -> dict[str, Any]:
     """The benchmark's figures as one flat dict (the --json line)."""
     per_epoch = steps_per_epoch(settings.batch_size)
     torch_epoch = None if torch_step is None else torch_step * per_epoch
+    step_flops = conv_flops_per_image(settings) * settings.batch_size
+    peaks = matmul_peaks()
+    paddle_peak = peaks["bf16"] if ran.precision == "bf16" and peaks["bf16"] else peaks["fp32"]
+    torch_peak = peaks["bf16"] or peaks["fp32"]  # PyTorch's step runs under bf16 autocast where it can
+    paddle_gflops = step_flops / paddle_step / 1e9
+    torch_gflops = None if torch_step is None else step_flops / torch_step / 1e9
     return {
         **asdict(settings),
         "paddle_epoch_s": round(paddle_step * per_epoch, 2),
@@ -139,6 +232,13 @@ def summarize(settings: BenchSettings, paddle_step: float, torch_step: Optional[
         "paddle_conv_kernel": ran.kernels + ("-bf16" if ran.precision == "bf16" else ""),
         "paddle_version": paddle.__version__,
         "torch_version": _torch_version(),
+        "conv_gflop_per_step": round(step_flops / 1e9, 3),
+        "paddle_conv_gflops": round(paddle_gflops, 1),
+        "torch_conv_gflops": None if torch_gflops is None else round(torch_gflops, 1),
+        "peak_fp32_gflops": round(peaks["fp32"], 1),
+        "peak_bf16_gflops": None if peaks["bf16"] is None else round(peaks["bf16"], 1),
+        "paddle_peak_fraction": round(paddle_gflops / paddle_peak, 3),
+        "torch_peak_fraction": None if torch_gflops is None else round(torch_gflops / torch_peak, 3),
     }
 
 
@@ -167,7 +267,7 @@ def run_bench(settings: BenchSettings, train_path: Path, test_images: np.ndarray
         paddle_step = paddle_step_seconds(settings, images, labels)
     else:
         paddle_step = _launched_step_seconds(settings, ran, train_path, rows)
-    predict_s = predict_seconds(settings.model, test_images[:PREDICT_IMAGES])
+    predict_s = predict_seconds(settings, test_images[:PREDICT_IMAGES])
     return summarize(settings, paddle_step, torch_step_seconds(settings, images, labels), predict_s, ran)
 
 

@@ -151,6 +151,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     d = BenchSettings()
     b = sub.add_parser("bench", help="time training and prediction (and PyTorch, when installed)")
     b.add_argument("--model", default=d.model, help=f"default {d.model}")
+    b.add_argument("--width", type=int, help="cnn, resnet: channels of the first conv (as train --width)")
+    b.add_argument("--depth", type=int, help="resnet: residual blocks per stage (as train --depth)")
     b.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     b.add_argument("--steps", type=int, default=d.steps, help=f"timed steps (default {d.steps})")
     b.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed steps first (default {d.warmup})")
@@ -248,11 +250,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Print Paddle's (and PyTorch's) seconds per epoch and prediction time."""
     nproc = args.nproc or parallel.default_nproc(args.batch_size)
     Config(model=args.model, batch_size=args.batch_size, nproc=nproc).validate()
-    build_model(args.model)
     if min(args.steps, args.warmup) < 1:
         raise CompetitionError("--steps and --warmup must be at least 1.")
     settings = BenchSettings(args.model, args.batch_size, args.steps, args.warmup, nproc, args.device, args.conv,
-                             args.precision)
+                             args.precision, args.width, args.depth)
+    build_model(args.model, **settings.model_options())  # an unknown model or option fails here
     train_path = data_file(TRAIN_FILE, args.train, args.data_dir)
     test_images = load_test_table(args.test, args.data_dir).images
     figures = run_bench(settings, train_path, test_images)
@@ -264,6 +266,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"({figures['paddle_conv_kernel']} conv) "
           f"{figures['paddle_epoch_s']:.1f} s per 60,000-image epoch; {torch}")
     print(f"prediction of {min(len(test_images), 10_000)} images (paddle.inference): {figures['predict_10k_s']:.3f} s")
+    torch_share = ("" if figures["torch_conv_gflops"] is None else
+                   f"; PyTorch {figures['torch_conv_gflops']:.0f} GFLOP/s, {figures['torch_peak_fraction']:.0%}")
+    bf16_peak = "" if figures["peak_bf16_gflops"] is None else f", bf16 {figures['peak_bf16_gflops']:.0f}"
+    print(f"convolutions: {figures['conv_gflop_per_step']:.1f} GFLOP per step; Paddle "
+          f"{figures['paddle_conv_gflops']:.0f} GFLOP/s, {figures['paddle_peak_fraction']:.0%} of a matmul peak"
+          f"{torch_share} (peak fp32 {figures['peak_fp32_gflops']:.0f}{bf16_peak} GFLOP/s)")
     if args.json:
         print(json.dumps(figures))
     return 0

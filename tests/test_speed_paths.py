@@ -120,6 +120,7 @@ def test_bench_json_line_has_the_figures(real_data: dict, capsys: pytest.Capture
     assert {"paddle_epoch_s", "torch_epoch_s", "ratio", "predict_10k_s"} <= set(figures)
     assert figures["paddle_epoch_s"] > 0 and figures["predict_10k_s"] > 0 and figures["nproc"] == 1
     assert (figures["ratio"] is None) == (figures["torch_epoch_s"] is None)
+    assert figures["conv_gflop_per_step"] == 0 and figures["peak_fp32_gflops"] > 0  # fc has no convolutions
 
 
 def test_two_process_run_resumes_through_the_launcher(real_data: dict, tmp_path: Path) -> None:

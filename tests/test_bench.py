@@ -1,0 +1,28 @@
+"""competition bench: the PyTorch twins are the same models, and the convolutions' work is counted right."""
+from __future__ import annotations
+
+import pytest
+
+from competition.bench import BenchSettings, _torch_model, conv_flops_per_image
+from competition.models import build_model, count_parameters
+
+
+@pytest.mark.parametrize("model, options", [("cnn", {}), ("cnn", {"width": 8, "hidden": 32}),
+                                            ("resnet", {"width": 8, "depth": 1}), ("resnet", {"width": 4, "depth": 2})])
+def test_torch_twins_have_the_same_parameters(model: str, options: dict) -> None:
+    torch = pytest.importorskip("torch")
+    twin = _torch_model(model, options)
+    ours = build_model(model, **options)
+    assert sum(p.numel() for p in twin.parameters()) == count_parameters(ours)
+    assert twin(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_conv_flops_are_counted_from_the_shapes() -> None:
+    # The reference conv net: 1→10 5x5 to 24x24, then 10→20 5x5 to 20x20.
+    first = 2 * 10 * 1 * 25 * 24 * 24
+    second = 2 * 20 * 10 * 25 * 20 * 20
+    # Forward, backward-data and backward-weights for both, except no input gradient for the first.
+    assert conv_flops_per_image(BenchSettings(model="conv")) == 2 * first + 3 * second
+    wider = conv_flops_per_image(BenchSettings(model="resnet", width=16, depth=1))
+    assert wider == pytest.approx(4 * conv_flops_per_image(BenchSettings(model="resnet", width=8, depth=1)),
+                                  rel=0.01)  # twice the channels in and out, except the first conv's input

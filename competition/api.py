@@ -84,7 +84,7 @@ def submit(run: Union[Run, list[Run], None] = None, tta: Union[bool, int] = True
 
     `tta`: views of each test image averaged, 1, 2 or 6 (True: 2, the image and its mirror; False: 1).
     """
-    views = {True: 2, False: 1}.get(tta, tta) if isinstance(tta, bool) else int(tta)
+    views = (2 if tta else 1) if isinstance(tta, bool) else int(tta)
     if views not in TTA_VIEWS:
         raise CompetitionError(f"tta={tta!r}: expected one of {', '.join(map(str, TTA_VIEWS))} views (or True).")
     runs = run if isinstance(run, list) else [run] if run is not None else [checkpoint.newest_run(runs_dir)]

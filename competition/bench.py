@@ -212,13 +212,11 @@ def _timed(call) -> float:
     return time.perf_counter() - started
 
 
-def summarize(settings: BenchSettings, paddle_step: float, torch_step: Optional[float],
-              predict_s: float, ran: runtime.Runtime) -> dict[str, Any]:
+def summarize(settings: BenchSettings, paddle_step: float, torch_step: Optional[float], predict_s: float,
+              ran: runtime.Runtime, step_flops: float, peaks: dict[str, Optional[float]]) -> dict[str, Any]:
     """The benchmark's figures as one flat dict (the --json line)."""
     per_epoch = steps_per_epoch(settings.batch_size)
     torch_epoch = None if torch_step is None else torch_step * per_epoch
-    step_flops = conv_flops_per_image(settings) * settings.batch_size
-    peaks = matmul_peaks()
     paddle_peak = peaks["bf16"] if ran.precision == "bf16" and peaks["bf16"] else peaks["fp32"]
     torch_peak = peaks["bf16"] or peaks["fp32"]  # PyTorch's step runs under bf16 autocast where it can
     paddle_gflops = step_flops / paddle_step / 1e9
@@ -268,7 +266,9 @@ def run_bench(settings: BenchSettings, train_path: Path, test_images: np.ndarray
     else:
         paddle_step = _launched_step_seconds(settings, ran, train_path, rows)
     predict_s = predict_seconds(settings, test_images[:PREDICT_IMAGES])
-    return summarize(settings, paddle_step, torch_step_seconds(settings, images, labels), predict_s, ran)
+    torch_step = torch_step_seconds(settings, images, labels)
+    step_flops = conv_flops_per_image(settings) * settings.batch_size
+    return summarize(settings, paddle_step, torch_step, predict_s, ran, step_flops, matmul_peaks())
 
 
 def _launched_step_seconds(settings: BenchSettings, ran: runtime.Runtime, train_path: Path, rows: int) -> float:

@@ -23,4 +23,4 @@ def wilson_interval(accuracy: float, rows: int, z: float = Z95) -> tuple[float, 
 def accuracy_text(accuracy: float, rows: int) -> str:
     """`94.60% (93.06-95.77%, 1,000 rows)`: an accuracy with its 95% interval and the rows behind it."""
     low, high = wilson_interval(accuracy, rows)
-    return f"{accuracy:.2%} ({low:.2%}-{high:.2%}, {rows:,} rows)".replace("%-", "-", 1)
+    return f"{accuracy:.2%} ({low * 100:.2f}-{high:.2%}, {rows:,} rows)"

@@ -155,7 +155,7 @@ def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: pa
     model.train()
     metric = paddle.metric.Accuracy()
     total_loss, seen, losses = 0.0, 0, []
-    steps = min(len(loader), max_steps or len(loader))
+    steps = epoch_steps(loader, max_steps)
     for x, y in loader:
         if len(losses) == steps:
             break
@@ -208,7 +208,7 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
         model = build_model(config.model, cpu_kernels, **config.model_options())
         train_loader = make_loader(FashionMNIST(table.images[train_idx], table.labels[train_idx], _augment(config)),
                                    config.batch_size // world, shuffle=True)  # a global batch of --batch-size
-        optimizer, scheduler = build_optimizer(config, model, _steps(config, train_loader))
+        optimizer, scheduler = build_optimizer(config, model, epoch_steps(train_loader, config.max_steps))
         ema = WeightAverage(model, config.ema) if config.ema else None
         state = _start_state(writer, model, optimizer, ema, resume)
         log.info("%s on %s; run folder: %s", f"resuming after epoch {state.epoch}" if resume else "training",
@@ -238,8 +238,9 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
     return run_result(run_dir) if rank == 0 else RunResult(run_dir, state.history, None, state.best_epoch)
 
 
-def _steps(config: Config, loader: paddle.io.DataLoader) -> int:
-    return min(len(loader), config.max_steps or len(loader))
+def epoch_steps(loader: paddle.io.DataLoader, max_steps: Optional[int]) -> int:
+    """Training steps in one epoch: every batch, or the first max_steps (smoke runs)."""
+    return min(len(loader), max_steps or len(loader))
 
 
 def _start_state(writer: RunWriter, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,

@@ -53,18 +53,24 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    "explicit options override its values")
     p.add_argument("--train", metavar="FILE", help="training CSV (default: found in the data dirs)")
     p.add_argument("--model", help=f"one of {', '.join(MODELS)} (default {d.model})")
-    p.add_argument("--width", type=int, help="cnn, resnet: channels of the first conv (cnn 16, resnet 32)")
+    p.add_argument("--width", type=int, help="cnn, resnet, airnet: channels of the first conv (cnn 16, resnet 32, "
+                   "airnet 64)")
     p.add_argument("--depth", type=int, help="resnet: residual blocks per stage")
     p.add_argument("--hidden", type=int, help="cnn: hidden fully connected units before the classifier (0: none)")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--lr", type=float, help=f"(peak) learning rate (default {d.lr:g})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
+    p.add_argument("--momentum", type=float, help=f"sgd's Nesterov momentum (default {d.momentum:g})")
     p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay:g}")
+    p.add_argument("--norm-bias-lr", type=float, metavar="FACTOR", help="BatchNorm shifts learn this many "
+                   "times faster, with their weight decay divided by it (airbench: 64; default 1)")
     p.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default {d.schedule})")
     p.add_argument("--warmup-epochs", type=float, help="linear warm-up (constant and cosine schedules)")
     p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing:g}")
     p.add_argument("--crop-pad", type=int, metavar="PIXELS", help="random crops after padding (0: off)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal mirror")
+    p.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, help="with --flip: mirror each "
+                   "image on alternate epochs (at random in the first) instead of at random every epoch")
     p.add_argument("--erase", type=float, metavar="P", help="random erasing probability (0: off)")
     p.add_argument("--ema", type=float, metavar="DECAY", help="validate and keep an exponential moving "
                    "average of the weights, e.g. 0.999 (0: off)")

@@ -379,20 +379,35 @@ class Augment:
     crop_pad: int = 0
     flip: bool = False
     erase: float = 0.0
+    alternate_flip: bool = False  # with flip: each row mirrored on every other epoch (airbench)
 
     def __bool__(self) -> bool:
         return bool(self.crop_pad or self.flip or self.erase)
 
-    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Augmented copy of float images [B, 1, 28, 28]; same shape, dtype and range."""
+    def __call__(self, x: np.ndarray, rng: np.random.Generator, rows: Optional[np.ndarray] = None,
+                 epoch: int = 0) -> np.ndarray:
+        """Augmented copy of float images [B, 1, 28, 28]; same shape, dtype and range.
+
+        `rows` (the images' row numbers) and `epoch` decide alternating flips.
+        """
         if self.crop_pad:
             x = _random_crop(x, self.crop_pad, rng)
         if self.flip:
-            mirrored = rng.random(len(x)) < 0.5
+            if self.alternate_flip and rows is not None:
+                mirrored = flip_phase(rows) ^ bool(epoch % 2)
+            else:
+                mirrored = rng.random(len(x)) < 0.5
             x[mirrored] = x[mirrored][..., ::-1]
         if self.erase:
             x[_erase_mask(len(x), self.erase, rng)[:, None]] = 0.0
         return x
+
+
+def flip_phase(rows: np.ndarray) -> np.ndarray:
+    """Whether each row is mirrored in even epochs: a fixed, evenly split bit per row number."""
+    # The top bit of Knuth's multiplicative hash (mod 2^32): 0 or 1 for about half of any run of rows.
+    hashed = (np.asarray(rows, dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)
+    return hashed >> np.uint64(31) == 1
 
 
 def _random_crop(x: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
@@ -435,12 +450,13 @@ class FashionMNIST(paddle.io.Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         return tuple(part[0] for part in self.batch(np.asarray([index])))
 
-    def batch(self, indices: np.ndarray, rng: Optional[np.random.Generator] = None) -> tuple[np.ndarray, ...]:
-        """Images (and labels) of many rows at once; augmented when a generator is given."""
+    def batch(self, indices: np.ndarray, rng: Optional[np.random.Generator] = None,
+              epoch: int = 0) -> tuple[np.ndarray, ...]:
+        """Images (and labels) of many rows at once; augmented (for `epoch`) when a generator is given."""
         # uint8 / 255.0 would be float64: divide by a float32 scalar.
         x = self.images[indices].reshape(-1, 1, SIDE, SIDE).astype(np.float32) / np.float32(255)
         if self.augment and rng is not None:
-            x = self.augment(x, rng)
+            x = self.augment(x, rng, indices, epoch)
         return (x,) if self.labels is None else (x, self.labels[indices])
 
 
@@ -469,7 +485,7 @@ class Batches(paddle.io.Dataset):
     def __getitem__(self, k: int) -> tuple[np.ndarray, ...]:
         # Seeded by (epoch, rank, batch): the same images whatever order batches are fetched in.
         rank = getattr(self.batch_sampler, "local_rank", 0)
-        return self.dataset.batch(self.order[k], np.random.default_rng([self.epoch, rank, k]))
+        return self.dataset.batch(self.order[k], np.random.default_rng([self.epoch, rank, k]), self.epoch)
 
 
 def make_loader(dataset: FashionMNIST, batch_size: int, shuffle: bool) -> paddle.io.DataLoader:

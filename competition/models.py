@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable, Optional
 
+import numpy as np
 import paddle
 from paddle import nn
 
@@ -153,11 +154,88 @@ def build_resnet(width: int = 32, depth: int = 2, kernels: Optional[CpuKernels] 
     return nn.Sequential(*layers)
 
 
+class Whitening(nn.Conv2D):
+    """A fixed first convolution that whitens 2x2 patches (airbench): the training images' patch PCA.
+
+    Filters are each eigenvector scaled by 1/sqrt(its eigenvalue), and its negative, so a GELU after
+    it loses nothing; they are set by fit() before training and never learned (the bias is).
+    """
+
+    def __init__(self, patch: int = 2):
+        super().__init__(1, 2 * patch * patch, patch)
+        self.weight.stop_gradient = True
+
+    def fit(self, images: np.ndarray, eps: float = 5e-4) -> None:
+        """Set the filters from float images [N, 1, 28, 28] (airbench takes 5,000 rows)."""
+        k = self._kernel_size[0]
+        windows = np.lib.stride_tricks.sliding_window_view(images[:, 0], (k, k), axis=(1, 2))
+        patches = windows.reshape(-1, k * k).astype(np.float64)
+        values, vectors = np.linalg.eigh(patches.T @ patches / len(patches))
+        filters = (vectors / np.sqrt(values + eps)).T[::-1].reshape(k * k, 1, k, k)  # largest first
+        self.weight.set_value(np.concatenate([filters, -filters]).astype(np.float32))
+
+
+class Scale(nn.Layer):
+    """Multiply by a constant (airbench's 1/9 on the logits)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """x * factor."""
+        return x * self.factor
+
+
+def _identity_init(conv: nn.Conv2D) -> None:
+    """The first c_in filters pass their input channel through (torch.nn.init.dirac_, as airbench)."""
+    weight = conv.weight.numpy()
+    c_out, c_in, k, _ = weight.shape
+    for c in range(min(c_out, c_in)):
+        weight[c] = 0.0
+        weight[c, c, k // 2, k // 2] = 1.0
+    conv.weight.set_value(weight)
+
+
+def build_airnet(width: int = 64, kernels: Optional[CpuKernels] = None) -> nn.Layer:
+    """airbench94's net for 28x28 grayscale: a fixed 2x2 whitening conv, then three groups of
+    conv-pool-BN-GELU-conv-BN-GELU at width/4w/4w channels (27, 13, 6 pixels), max-pool, linear/9.
+
+    BatchNorm has no learned scale (only a shift) and keeps 40% of its running statistics per step.
+    """
+    _check_sizes("airnet", width=width)
+
+    def group(c_in: int, c_out: int) -> list[nn.Layer]:
+        first = Conv2D(c_in, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
+        second = Conv2D(c_out, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
+        _identity_init(first), _identity_init(second)
+        return [first, MaxPool2D(2, kernels=kernels), _norm(c_out), nn.GELU(), second, _norm(c_out), nn.GELU()]
+
+    return nn.Sequential(Whitening(), nn.GELU(), *group(8, width), *group(width, 4 * width),
+                         *group(4 * width, 4 * width), nn.MaxPool2D(3), nn.Flatten(),
+                         nn.Linear(4 * width, N_CLASSES, bias_attr=False), Scale(1 / 9))
+
+
+def _norm(channels: int) -> nn.BatchNorm2D:
+    # Paddle's momentum is the share of the old statistics kept (PyTorch's 0.6 is Paddle's 0.4).
+    # The scale stays 1 through a learning rate of 0. Not weight_attr=False: paddle.jit.save cannot export a
+    # BatchNorm without a scale; not trainable=False: Paddle 3.3 then computes no gradient for the shift either.
+    return nn.BatchNorm2D(channels, momentum=0.4, epsilon=1e-12, weight_attr=paddle.ParamAttr(learning_rate=0.0))
+
+
+def fit_to_data(model: nn.Layer, images: np.ndarray) -> None:
+    """Set the layers whose weights come from the training images (Whitening) before training starts."""
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, Whitening):
+            layer.fit(images)
+
+
 MODELS: dict[str, Callable[..., nn.Layer]] = {
     "fc": build_fc,
     "conv": build_conv,
     "cnn": build_cnn,
     "resnet": build_resnet,
+    "airnet": build_airnet,
 }
 
 
@@ -184,6 +262,11 @@ def build_model(name: str, kernels: Optional[CpuKernels] = None, **options: obje
     return MODELS[name](**options)
 
 
+def learned(param: paddle.Tensor) -> bool:
+    """Whether training changes a parameter: not frozen by stop_gradient or by a learning rate of 0."""
+    return not param.stop_gradient and param.optimize_attr.get("learning_rate", 1.0) != 0
+
+
 def count_parameters(model: nn.Layer) -> int:
-    """Number of trainable parameters."""
-    return sum(int(p.size) for p in model.parameters() if not p.stop_gradient)
+    """Number of trained parameters."""
+    return sum(int(p.size) for p in model.parameters() if learned(p))

@@ -21,7 +21,7 @@ from .checkpoint import RunWriter, TrainState, Validation
 from .config import Config
 from .data import EVAL_BATCH, Augment, FashionMNIST, ImageTable, TrainingData, load_training_data, make_loader
 from .errors import TrainingInterrupted
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, fit_to_data, learned
 from .progress import EpochBar, Progress
 from .stats import wilson_interval
 
@@ -108,15 +108,31 @@ def build_optimizer(config: Config, model: nn.Layer, steps_per_epoch: int
     """The configured optimizer and its learning-rate schedule, which the training loop steps every batch
     (the schedule's state travels in the optimizer's state dict, so resume keeps it)."""
     rate = build_schedule(config, steps_per_epoch)
-    params = model.parameters()
+    params = _param_groups(config, model)
     if config.optimizer == "adamw":
         optimizer = paddle.optimizer.AdamW(learning_rate=rate, parameters=params, weight_decay=config.weight_decay)
         return optimizer, rate
     decay = paddle.regularizer.L2Decay(config.weight_decay) if config.weight_decay else None
     if config.optimizer == "sgd":
-        return paddle.optimizer.Momentum(learning_rate=rate, momentum=0.9, use_nesterov=True,
+        return paddle.optimizer.Momentum(learning_rate=rate, momentum=config.momentum, use_nesterov=True,
                                          parameters=params, weight_decay=decay), rate
     return paddle.optimizer.Adam(learning_rate=rate, parameters=params, weight_decay=decay), rate
+
+
+def _param_groups(config: Config, model: nn.Layer) -> list:
+    """The learned parameters, with BatchNorm shifts in a group of their own when --norm-bias-lr scales their
+    rate. Parameters frozen by a learning rate of 0 stay out (a group's rate would replace that 0)."""
+    params = [p for p in model.parameters() if learned(p)]
+    if config.norm_bias_lr == 1.0:
+        return params
+    shift_ids = {id(layer.bias) for layer in model.sublayers()
+                 if isinstance(layer, nn.layer.norm._BatchNormBase) and layer.bias is not None}
+    shifts = [p for p in params if id(p) in shift_ids]
+    others = [p for p in params if id(p) not in shift_ids]
+    # A group's learning_rate multiplies the schedule's; its float weight_decay is an L2 coefficient.
+    return [{"params": others},
+            {"params": shifts, "learning_rate": config.norm_bias_lr,
+             "weight_decay": config.weight_decay / config.norm_bias_lr}]
 
 
 def build_schedule(config: Config, steps_per_epoch: int) -> paddle.optimizer.lr.LRScheduler:
@@ -126,6 +142,10 @@ def build_schedule(config: Config, steps_per_epoch: int) -> paddle.optimizer.lr.
     if config.schedule == "onecycle":  # has its own warm-up phase
         return paddle.optimizer.lr.OneCycleLR(max_learning_rate=config.lr, total_steps=total,
                                               end_learning_rate=config.lr / 1000)
+    if config.schedule == "linear":  # airbench's: up from 0.2x over 23% of the steps, then down to 0.07x
+        return paddle.optimizer.lr.OneCycleLR(max_learning_rate=config.lr, total_steps=total, divide_factor=5,
+                                              end_learning_rate=0.07 * config.lr, phase_pct=0.23,
+                                              anneal_strategy="linear")
     if config.schedule == "cosine":
         schedule = paddle.optimizer.lr.CosineAnnealingDecay(config.lr, T_max=total - warmup)
     else:
@@ -206,8 +226,10 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
     writer = RunWriter(run_dir, active=rank == 0, launched=parallel.is_worker())
     with _stable_names(), writer.logging():
         model = build_model(config.model, cpu_kernels, **config.model_options())
-        train_loader = make_loader(FashionMNIST(table.images[train_idx], table.labels[train_idx], _augment(config)),
-                                   config.batch_size // world, shuffle=True)  # a global batch of --batch-size
+        train_set = FashionMNIST(table.images[train_idx], table.labels[train_idx], _augment(config))
+        if not resume:  # a resumed run's whitening filters come with its checkpoint
+            fit_to_data(model, train_set.batch(np.arange(min(5000, len(train_set))))[0])
+        train_loader = make_loader(train_set, config.batch_size // world, shuffle=True)  # a global batch
         optimizer, scheduler = build_optimizer(config, model, epoch_steps(train_loader, config.max_steps))
         ema = WeightAverage(model, config.ema) if config.ema else None
         state = _start_state(writer, model, optimizer, ema, resume)
@@ -314,7 +336,8 @@ def _score_validation(run_dir: Path, table: ImageTable, val_idx: np.ndarray) -> 
 
 
 def _augment(config: Config) -> Augment:
-    return Augment(crop_pad=config.crop_pad, flip=config.flip, erase=config.erase)
+    return Augment(crop_pad=config.crop_pad, flip=config.flip, erase=config.erase,
+                   alternate_flip=config.alternate_flip)
 
 
 def _stable_names():

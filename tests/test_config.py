@@ -37,7 +37,7 @@ BAD_VALUES = {
     "extra as a list": ({"extra": [1]}, "key 'extra' is [1]; expected a JSON object."),
     "uneven nproc": ({"batch_size": 256, "nproc": 3}, "key 'batch_size' is 256; expected a multiple of the process count (3)."),
     "unknown schedule": ({"schedule": "step"},
-                         """key 'schedule' is "step"; expected one of constant, cosine, onecycle."""),
+                         """key 'schedule' is "step"; expected one of constant, cosine, onecycle, linear."""),
     "unknown key": ({"epochs": 3, "epoch": 3}, "unknown configuration keys: epoch."),
 }
 

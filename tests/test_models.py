@@ -7,10 +7,11 @@ import paddle.nn.functional as F
 import pytest
 
 from competition.errors import CompetitionError
-from competition.models import MODELS, build_model, count_parameters
+from competition.models import MODELS, build_model, count_parameters, fit_to_data, learned
 
-# resnet: width 32, depth 2 (the defaults).
-EXPECTED_PARAMETERS = {"fc": 101_770, "conv": 25_290, "cnn": 39_674, "resnet": 696_042}
+# resnet: width 32, depth 2 (the defaults); airnet: width 64 (convs 1,958,400 + BN shifts 1,152 + linear
+# 2,560 + the whitening bias 8; its filters are fixed).
+EXPECTED_PARAMETERS = {"fc": 101_770, "conv": 25_290, "cnn": 39_674, "resnet": 696_042, "airnet": 1_962_120}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -115,3 +116,32 @@ def test_cnn_width_and_hidden_layer_change_the_model_not_its_output_shape() -> N
         model = build_model("cnn", **options)
         assert count_parameters(model) == params, options
         assert model(x).shape == [2, 10]
+
+
+def test_airnet_whitening_filters_decorrelate_training_patches() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.random((200, 1, 28, 28)).astype(np.float32)
+    images = (base + np.roll(base, 1, axis=3)) / 2  # neighbouring pixels correlated, as in photos
+    model = build_model("airnet", width=8)
+    fit_to_data(model, images)
+    whitening = model[0]
+    assert whitening.weight.stop_gradient and whitening.weight.shape == [8, 1, 2, 2]
+    out = F.conv2d(paddle.to_tensor(images), whitening.weight).numpy()  # without the bias
+    patches = out[:, :4].transpose(0, 2, 3, 1).reshape(-1, 4)
+    covariance = patches.T @ patches / len(patches)
+    np.testing.assert_allclose(covariance - np.diag(np.diag(covariance)), 0, atol=1e-4)  # decorrelated
+    assert np.all((np.diag(covariance) > 0.95) & (np.diag(covariance) <= 1))  # unit variance, but for the eps
+    np.testing.assert_allclose(out[:, 4:], -out[:, :4], rtol=1e-6)  # and the negatives
+
+
+def test_airnet_convs_start_as_identities_and_batchnorm_learns_no_scale() -> None:
+    model = build_model("airnet", width=8)
+    conv = [layer for layer in model if isinstance(layer, paddle.nn.Conv2D)][1]  # group 1's first: 8 -> 8
+    weight = conv.weight.numpy()
+    for c in range(8):
+        expected = np.zeros((8, 3, 3), np.float32)
+        expected[c, 1, 1] = 1
+        np.testing.assert_array_equal(weight[c], expected)
+    norms = [layer for layer in model if isinstance(layer, paddle.nn.BatchNorm2D)]
+    assert len(norms) == 6 and all(not learned(n.weight) and learned(n.bias) for n in norms)
+    assert build_model("airnet", width=16)(paddle.rand([2, 1, 28, 28])).shape == [2, 10]

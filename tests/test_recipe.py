@@ -15,7 +15,7 @@ from competition.cli import main
 from competition.config import PRESETS, Config, from_preset
 from competition.data import Augment, FashionMNIST
 from competition.errors import CompetitionError
-from competition.models import build_model
+from competition.models import build_model, learned
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -121,12 +121,21 @@ def test_unknown_precision_in_a_configuration_is_refused() -> None:
         Config(precision="fp16").validate()
 
 
-def test_recipe_run_interrupted_and_resumed_matches_uninterrupted(real_data: dict, tmp_path: Path,
+RECIPES = {
+    "cnn": ["--model", "cnn", "--optimizer", "adamw", "--weight-decay", "0.01", "--schedule", "cosine",
+            "--warmup-epochs", "0.5", "--crop-pad", "2", "--flip", "--erase", "0.5", "--label-smoothing", "0.1"],
+    # airbench's levers: whitening filters fitted to the data, fast BatchNorm shifts, alternating flips
+    "airnet": ["--model", "airnet", "--width", "8", "--optimizer", "sgd", "--momentum", "0.85", "--lr", "0.05",
+               "--weight-decay", "0.001", "--norm-bias-lr", "64", "--schedule", "linear", "--crop-pad", "2",
+               "--flip", "--alternate-flip", "--label-smoothing", "0.2"],
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_run_interrupted_and_resumed_matches_uninterrupted(recipe: str, real_data: dict, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    args = ["train", "--train", str(real_data["train"]), "--model", "cnn", "--epochs", "3", "--val-size", "100",
-            "--batch-size", "32", "--optimizer", "adamw", "--weight-decay", "0.01", "--schedule", "cosine",
-            "--warmup-epochs", "0.5", "--crop-pad", "2", "--flip", "--erase", "0.5", "--label-smoothing", "0.1",
-            "--ema", "0.9"]
+    args = ["train", "--train", str(real_data["train"]), "--epochs", "3", "--val-size", "100", "--batch-size", "32",
+            "--ema", "0.9", *RECIPES[recipe]]
     assert main(args + ["--runs-dir", str(tmp_path / "whole")]) == 0
     original = train.train_one_epoch
     calls = []
@@ -167,3 +176,53 @@ def test_weight_average_tracks_weights_and_is_applied_only_inside_its_block() ->
     again.load(average.state())
     np.testing.assert_allclose(again.shadow[name].numpy(), average.shadow[name].numpy())
     assert isinstance(again.shadow[name], paddle.Tensor)
+
+
+def test_alternating_flip_mirrors_each_row_in_every_other_epoch_only() -> None:
+    dataset = FashionMNIST(_images(), np.zeros(64, np.int64), Augment(flip=True, alternate_flip=True))
+    plain, _ = FashionMNIST(_images(), np.zeros(64, np.int64)).batch(np.arange(64))
+    rows = np.arange(64)
+    epochs = [dataset.batch(rows, np.random.default_rng(epoch), epoch)[0] for epoch in (4, 5, 6)]
+    mirrored = [np.array([np.array_equal(x, p[..., ::-1]) for x, p in zip(images, plain)]) for images in epochs]
+    assert 16 < mirrored[0].sum() < 48  # about half the rows in any one epoch
+    np.testing.assert_array_equal(mirrored[1], ~mirrored[0])  # the other half the next epoch
+    np.testing.assert_array_equal(mirrored[2], mirrored[0])
+    # a row's flip follows its row number, not where it sits in the batch or the generator
+    again = dataset.batch(rows[::-1], np.random.default_rng(99), 4)[0]
+    np.testing.assert_array_equal(again[::-1], epochs[0])
+
+
+def test_linear_schedule_rises_from_a_fifth_to_lr_over_23_percent_then_falls_to_7_percent() -> None:
+    rate = train.build_schedule(Config(lr=1.0, epochs=10, schedule="linear"), steps_per_epoch=10)
+    rates = []
+    for _ in range(100):
+        rates.append(rate())
+        rate.step()
+    assert rates[0] == pytest.approx(0.2) and max(rates) == pytest.approx(1.0, rel=1e-3)
+    assert int(np.argmax(rates)) in (22, 23) and rates[-1] == pytest.approx(0.07, abs=0.01)
+    assert np.all(np.diff(rates[:22]) > 0) and np.all(np.diff(rates[24:]) < 0)
+
+
+def test_norm_bias_lr_speeds_up_batchnorm_shifts_with_the_same_decay_per_step() -> None:
+    paddle.seed(0)
+    config = Config(model="airnet", width=8, optimizer="sgd", momentum=0.0, lr=0.1, weight_decay=0.01,
+                    norm_bias_lr=64)
+    model = build_model("airnet", width=8)
+    optimizer, _ = train.build_optimizer(config, model, steps_per_epoch=10)
+    shifts = {id(layer.bias) for layer in model.sublayers() if isinstance(layer, paddle.nn.BatchNorm2D)}
+    model.train()
+    x = paddle.to_tensor(np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32))
+    paddle.nn.functional.cross_entropy(model(x), paddle.to_tensor(np.arange(8))).backward()
+    before = {id(p): (p.numpy().copy(), None if p.grad is None else p.grad.numpy().copy())
+              for p in model.parameters()}
+    optimizer.step()
+    for param in model.parameters():
+        value, grad = before[id(param)]
+        if not learned(param):  # the whitening filters and the BatchNorm scales of 1
+            np.testing.assert_array_equal(param.numpy(), value)
+            continue
+        rate = 0.1 * (64 if id(param) in shifts else 1)
+        # the shifts' L2 coefficient is divided by 64: every parameter decays by lr x 0.01 per step
+        expected = value - rate * grad - 0.1 * 0.01 * value
+        np.testing.assert_allclose(param.numpy(), expected, rtol=1e-5, atol=1e-7)
+    assert len(shifts) == 6 and all(np.abs(before[i][1]).sum() > 0 for i in shifts)  # shifts do learn

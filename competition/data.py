@@ -8,6 +8,7 @@ import io
 import os
 import re
 import stat
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
@@ -265,8 +266,15 @@ def _parse(path: Path, compression: Optional[str], columns: list[str],
 
 def _read_frame(path: Path, compression: Optional[str], dtypes: dict) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, dtype=dtypes, compression=compression,
-                           encoding="utf-8-sig", keep_default_na=False, na_values=[""])
+        # pandas takes a first data row with one field more than the header as an index column
+        # (shifting every value); index_col=False refuses that and only warns, so the warning is an error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, dtype=dtypes, compression=compression, index_col=False,
+                               encoding="utf-8-sig", keep_default_na=False, na_values=[""])
+    except pd.errors.ParserWarning:
+        raise CompetitionError(f"{path}, line 2: more fields than the header has columns; "
+                               "expected one field per column name.") from None
     except UnicodeDecodeError:
         raise CompetitionError(f"{path}: contains bytes that are not UTF-8 text; "
                                "expected a plain CSV file.") from None

@@ -6,6 +6,7 @@ import io
 import logging
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,7 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
     config = Config.load(run_dir / "config.json").validate()
     ran = runtime.Runtime.load(run_dir)
     parallel.init()
+    sys.unraisablehook = _quiet_half_built_loaders
     cpu_kernels = runtime.apply(ran)
     seed_everything(config.seed)
     table, train_idx, val_idx = data or load_training_data(config)
@@ -338,6 +340,24 @@ def _score_validation(run_dir: Path, table: ImageTable, val_idx: np.ndarray) -> 
 def _augment(config: Config) -> Augment:
     return Augment(crop_pad=config.crop_pad, flip=config.flip, erase=config.erase,
                    alternate_flip=config.alternate_flip)
+
+
+def _quiet_half_built_loaders(unraisable: "sys.UnraisableHookArgs") -> None:
+    """sys.unraisablehook that drops one known harmless error, and passes every other one on.
+
+    A stop signal (KeyboardInterrupt) landing inside paddle.io's loader-iterator __init__ leaves
+    an object without `_shutdown`; its __del__ then prints an AttributeError traceback on the
+    user's terminal after our one-line stop message. The iterator started no thread by then.
+    """
+    obj = getattr(unraisable, "object", None)
+    if (isinstance(unraisable.exc_value, AttributeError) and "_shutdown" in str(unraisable.exc_value)
+            and getattr(obj, "__qualname__", "").startswith("_DataLoaderIter")):
+        log.debug("ignored a half-built data loader iterator's clean-up after a stop")
+        return
+    _previous_unraisablehook(unraisable)
+
+
+_previous_unraisablehook = sys.unraisablehook
 
 
 def _stable_names():

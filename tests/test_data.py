@@ -136,6 +136,9 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "no_label.csv": (",".join(pixel_names()) + "\n" + ",".join(["0"] * 784) + "\n", "no 'label' column"),
         "semicolon.csv": (good.replace(",", ";"), "separated by ';'"),
         "extra_field.csv": (good + ",".join(["1"] * 786) + "\n", "line 8: expected 785 fields, found 786"),
+        # pandas would read a first row with one field too many as an index column and shift the values
+        "extra_first_field.csv": (lines[0] + "\n" + ",".join(["1"] * 786) + "\n",
+                                  "line 2: more fields than the header has columns"),
         "header_only.csv": (lines[0] + "\n", "no data rows"),
     }
     files = {}
@@ -153,7 +156,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 BAD_NAMES = ["empty.csv", "no_pixels.csv", "few_pixels.csv", "text_cell.csv", "missing_cell.csv",
              "big_pixel.csv", "huge_pixel.csv", "negative.csv", "big_label.csv", "float_label.csv",
-             "no_label.csv", "semicolon.csv", "extra_field.csv", "header_only.csv", "binary.csv",
+             "no_label.csv", "semicolon.csv", "extra_field.csv", "extra_first_field.csv", "header_only.csv",
+             "binary.csv",
              "truncated.csv.gz", "missing.csv"]
 
 

@@ -32,16 +32,18 @@ JOB_WAIT_S = 600  # how long a node other than 0 waits for node 0's run folder
 Run = Union[str, Path, RunResult]
 
 
-def fit(config: Config, node_rank: Optional[int] = None, master: Optional[str] = None) -> RunResult:
+def fit(config: Config, node_rank: Optional[int] = None, master: Optional[str] = None,
+        run_dir: Optional[Path] = None) -> RunResult:
     """Train a new run of `config` on config.nproc processes of this machine, then write its report.
 
     With config.nnodes > 1 this machine is node `node_rank` of a job whose node 0 is at `master`
-    (HOST:PORT). Everything that can be refused is refused before the run folder exists.
+    (HOST:PORT). Everything that can be refused is refused before the run folder exists. The run
+    folder is a new runs_dir/<time>-<model>/, or `run_dir` when given (a cv fold's).
     """
     nodes = _nodes(config.nnodes, node_rank, master)
     if nodes.rank > 0:
         return _join(config, nodes)
-    run_dir, ran, data = _start(config)
+    run_dir, ran, data = _start(config, run_dir)
     job = _announce(run_dir, config, nodes)
     try:
         result = _train(run_dir, ran, resume=False, data=data, nodes=nodes)
@@ -119,15 +121,24 @@ def view_report(run: Optional[Run] = None, runs_dir: str = "runs") -> Report:
     return Report(Path(run_dir), report.write_report(run_dir))
 
 
-def _start(config: Config) -> tuple[Path, runtime.Runtime, TrainingData]:
-    """Check the configuration, its runtime and the data, then create the run folder."""
+def prepare(config: Config) -> tuple[runtime.Runtime, TrainingData]:
+    """Refuse what can be refused before anything is written: the configuration (its process count
+    filled in), its runtime, the model's options and the data; return the runtime and the data."""
     if config.nproc is None:
         config.nproc = parallel.default_nproc(config.batch_size)
     config.validate()
     ran = runtime.resolve(config, config.nproc)  # a missing GPU or a --conv onednn that won't build fails here
     build_model(config.model, **config.model_options())  # a bad model fails before the data is read
-    data = load_training_data(config)
-    run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
+    return ran, load_training_data(config)
+
+
+def _start(config: Config, run_dir: Optional[Path] = None) -> tuple[Path, runtime.Runtime, TrainingData]:
+    """Check the configuration, its runtime and the data, then create the run folder (or use `run_dir`)."""
+    ran, data = prepare(config)
+    if run_dir is None:
+        run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save_run_files(run_dir, config, ran)
     return run_dir, ran, data
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import math
 import pickle
@@ -33,6 +34,7 @@ CHECKPOINT = "best"  # best.pdparams: the weights of the best epoch (the EMA's w
 LAST = "last.ckpt"  # everything needed to resume after the last finished epoch
 VALIDATION = "validation.npz"  # the validation rows and the best checkpoint's probabilities on them
 VALIDATION_JSON = "validation.json"  # {"val_acc": …, "val_acc_tta": …} of the best checkpoint (the report's)
+CV_JSON = "cv.json"  # marks a cv folder (competition cv): its configuration, then its figures
 
 
 @dataclass
@@ -339,3 +341,35 @@ def newest_run(runs_dir: str) -> Path:
                                "(competition train) or pass --run DIR.")
     return max(runs, key=lambda p: ((p / "config.json").stat().st_mtime, p.name))
 
+
+
+def is_cv_dir(folder: Path) -> bool:
+    """Whether `folder` is a cv folder (competition cv) rather than a run folder."""
+    return (Path(folder) / CV_JSON).is_file()
+
+
+def fold_dir(cv_dir: Path, fold: int) -> Path:
+    """The run folder of fold `fold` (1..K) of a cv folder."""
+    return Path(cv_dir) / f"fold{fold}"
+
+
+def read_cv_record(cv_dir: Path) -> dict:
+    """cv.json: {"config": the cv's configuration, then its figures once it has finished}."""
+    path = Path(cv_dir) / CV_JSON
+    try:
+        record = json.loads(path.read_text())
+        Config.from_dict(record["config"], source=path)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise CompetitionError(f"{path}: cannot be read as a cv record ({exc}).") from None
+    return record
+
+
+def fold_dirs(cv_dir: Path) -> list[Path]:
+    """A finished cv folder's fold run folders, in fold order; refused while a fold is unfinished."""
+    folds = read_cv_record(cv_dir)["config"]["folds"]
+    dirs = [fold_dir(cv_dir, fold) for fold in range(1, folds + 1)]
+    unfinished = [d.name for d in dirs if not (d / VALIDATION).is_file()]
+    if unfinished:
+        raise CompetitionError(f"{cv_dir}: {', '.join(unfinished)} of its {folds} folds have not finished; "
+                               f"continue with: competition cv --resume {cv_dir}")
+    return dirs

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from . import api, checkpoint, parallel, report, submission
+from . import api, checkpoint, cv, parallel, report, submission
 from .api import DEFAULT_OUT
 from .bench import BenchSettings, run_bench
 from .config import CONV_CHOICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Config, from_preset
@@ -43,12 +43,41 @@ def _val_size(text: str) -> float:
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
-    d = Config()
     # Defaults live in Config; options not given stay absent, so --resume can tell them apart.
     p = sub.add_parser("train", help="train a model; writes runs/<timestamp>-<model>/",
                        argument_default=argparse.SUPPRESS)
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run in its folder "
                    "(only --epochs may change)")
+    _add_recipe_options(p)
+    p.add_argument("--val-size", type=_val_size, metavar="N|FRACTION",
+                   help=f"validation rows held out, or a fraction; 0 trains on all rows "
+                   f"(default {Config().val_size})")
+    p.add_argument("--nnodes", type=int, metavar="N", help="machines of a multi-node job (default 1); start "
+                   "`competition train` with the same options on each, adding --node-rank and --master")
+    p.add_argument("--node-rank", type=int, metavar="R", help="this machine's place in the job, 0 to N-1; "
+                   "node 0 creates the run folder (--runs-dir on storage every node sees)")
+    p.add_argument("--master", metavar="HOST:PORT", help="node 0's address and a free port, the same on every node")
+    p.set_defaults(func=cmd_train)
+
+
+def _cv_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cv", help="k-fold cross-validation: one run per fold in runs/<timestamp>-cv-<model>/",
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("--resume", metavar="CVDIR", help="continue a stopped cv from its first unfinished fold and epoch")
+    p.add_argument("--folds", type=int, metavar="K", help="number of folds (2 or more; each row validates once)")
+    p.add_argument("--holdout", type=int, metavar="N", help="stratified rows kept out of every fold, to score the "
+                   "fold ensemble on (the rows `train --val-size N` with the same --seed validates on)")
+    p.add_argument("--submit", type=int, nargs="?", const=6, choices=TTA_VIEWS, metavar="VIEWS",
+                   help="then write the fold ensemble's submission with VIEWS-view TTA (6 when alone)")
+    p.add_argument("--out", metavar="FILE", help=f"with --submit (default {DEFAULT_OUT})")
+    p.add_argument("--test", metavar="FILE", help="with --submit: test CSV (default: found in the data dirs)")
+    _add_recipe_options(p)
+    p.set_defaults(func=cmd_cv)
+
+
+def _add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The options of a training recipe, shared by train, cv and tune."""
+    d = Config()
     p.add_argument("--preset", help=f"start from a named recipe: {', '.join(PRESETS)}; "
                    "explicit options override its values")
     p.add_argument("--train", metavar="FILE", help="training CSV (default: found in the data dirs)")
@@ -75,8 +104,6 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema", type=float, metavar="DECAY", help="validate and keep an exponential moving "
                    "average of the weights, e.g. 0.999 (0: off)")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    p.add_argument("--val-size", type=_val_size, metavar="N|FRACTION",
-                   help=f"validation rows held out, or a fraction; 0 trains on all rows (default {d.val_size})")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--rows", type=int, metavar="N", help="use only the first N training rows (smoke runs)")
     p.add_argument("--max-steps", type=int, metavar="N", help="end each epoch after N batches (smoke runs)")
@@ -91,12 +118,6 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    "weights, sums and validation stay float32)")
     p.add_argument("--nproc", type=int, metavar="N", help="data-parallel processes; the global batch and "
                    "learning rate stay the same (default: one per CPU core or GPU; env COMPETITION_NPROC)")
-    p.add_argument("--nnodes", type=int, metavar="N", help="machines of a multi-node job (default 1); start "
-                   "`competition train` with the same options on each, adding --node-rank and --master")
-    p.add_argument("--node-rank", type=int, metavar="R", help="this machine's place in the job, 0 to N-1; "
-                   "node 0 creates the run folder (--runs-dir on storage every node sees)")
-    p.add_argument("--master", metavar="HOST:PORT", help="node 0's address and a free port, the same on every node")
-    p.set_defaults(func=cmd_train)
 
 
 def _predict_parsers(sub: argparse._SubParsersAction) -> None:
@@ -178,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="competition", description="PaddlePaddle Fashion-MNIST contest pipeline.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
+    _cv_parser(sub)
     _predict_parsers(sub)
     _submission_parsers(sub)
     _report_parsers(sub)
@@ -218,6 +240,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    """Start (or resume) a cross-validation, print its figures, and submit the fold ensemble if asked."""
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    cv_dir, views = given.pop("resume", None), given.pop("submit", None)
+    out, test = given.pop("out", DEFAULT_OUT), given.pop("test", None)
+    if cv_dir is None:
+        config = from_preset(given.pop("preset", None), **given, extra={"argv": sys.argv[1:]})
+        cv_dir = cv.start_cv(config)
+    elif given:
+        names = ", ".join("--" + name.replace("_", "-") for name in sorted(given))
+        raise CompetitionError(f"--resume continues {cv_dir} with its saved configuration; drop {names}.")
+    elif not checkpoint.is_cv_dir(Path(cv_dir)):
+        raise CompetitionError(f"{cv_dir}: not a cv folder (no {checkpoint.CV_JSON}); nothing to resume.")
+    result = cv.run_cv(Path(cv_dir))
+    for fold in result.folds:
+        print(f"{fold['run']}: validation accuracy {accuracy_text(fold['val_acc'], fold['rows'])}, "
+              f"epoch {fold['best_epoch']}")
+    print(cv_line(result))
+    if views:
+        written = api.submit([result.cv_dir], tta=views, out=out, test=test, data_dir=config_data_dir(result.cv_dir))
+        print(f"submission: {written.path} ({written.rows} rows; archived as {written.archived})")
+    return 0
+
+
+def cv_line(result: "cv.CvResult") -> str:
+    """One line of a finished cv's figures: out-of-fold accuracy and, with --holdout, the ensemble's."""
+    line = (f"out-of-fold accuracy {accuracy_text(result.oof_acc, result.oof_rows)} "
+            f"({result.oof_acc_tta:.2%} with flip TTA)")
+    if result.holdout:
+        held = result.holdout
+        singles = ", ".join(f"{acc:.2%}" for acc in held["fold_acc"])
+        line += (f"; on {held['rows']:,} held-out rows the {len(result.folds)}-fold ensemble scores "
+                 f"{accuracy_text(held['ensemble_acc'], held['rows'])}, {held['ensemble_acc_tta6']:.2%} with "
+                 f"six-view TTA (single folds: {singles})")
+    return f"{line}; cv folder: {result.cv_dir} (see report.md there)"
+
+
+def config_data_dir(cv_dir: Path) -> Optional[str]:
+    """The --data-dir a cv was started with (where its test file is looked up too)."""
+    return checkpoint.read_cv_record(cv_dir)["config"]["data_dir"]
+
+
 def _run_dirs(args: argparse.Namespace) -> list[Path]:
     return [Path(run) for run in args.run] if args.run else [checkpoint.newest_run(args.runs_dir)]
 
@@ -230,6 +294,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                            f" with {args.tta} views of each test image (TTA)")
     if len(run_dirs) > 1:
         print(f"ensemble of {len(run_dirs)} runs{tta}: {', '.join(map(str, run_dirs))}")
+    elif checkpoint.is_cv_dir(run_dirs[0]):
+        found = cv.read_result(run_dirs[0])
+        print(f"{len(found.folds)}-fold ensemble{tta}: {cv_line(found)}")
     elif result.val_acc is None:
         print(f"run {run_dirs[0]}{tta}: validation accuracy none (trained on every row)")
     elif not result.val_rows:  # a run from before validation.npz: no row count for an interval

@@ -23,6 +23,11 @@ class Config:
     # Rows held out for validation (>= 1) or a fraction of the data (< 1);
     # 1,000 as in the reference notebook; 0 trains on every row.
     val_size: float = 1000
+    # Cross-validation (competition cv): this run validates on fold `fold` (1..folds) of a seeded,
+    # stratified split of the rows not held out; val_size is then unused.
+    folds: Optional[int] = None
+    fold: Optional[int] = None
+    holdout: int = 0  # rows (stratified, as --val-size N) that neither train nor validate any fold
     seed: int = 0
     rows: Optional[int] = None  # use only the first N training rows (smoke runs)
     max_steps: Optional[int] = None  # end each epoch after N batches (smoke runs)
@@ -81,6 +86,11 @@ class Config:
             ("batch_size", self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}.",
              "at least 1"),
             ("val_size", self.val_size >= 0, f"--val-size must be 0 or more, got {self.val_size}.", "0 or more"),
+            ("folds", self.folds is None or self.folds >= 2, f"--folds must be at least 2, got {self.folds}.",
+             "at least 2 or null"),
+            ("fold", self.fold is None or (self.folds is not None and 1 <= self.fold <= self.folds),
+             f"fold {self.fold} is not one of the {self.folds} folds.", f"1 to folds ({self.folds})"),
+            ("holdout", self.holdout >= 0, f"--holdout must be 0 or more, got {self.holdout}.", "0 or more"),
             ("rows", self.rows is None or self.rows >= 1, f"--rows must be at least 1, got {self.rows}.",
              "at least 1 or null"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1,

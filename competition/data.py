@@ -371,8 +371,44 @@ def load_training_data(config: Config) -> TrainingData:
     table = read_train_csv(data_file(TRAIN_FILE, config.train, config.data_dir))
     if config.rows:
         table = table.head(config.rows)
-    train_idx, val_idx = stratified_split(table.labels, config.val_size, config.seed)
+    if config.folds and config.fold:
+        train_idx, val_idx = fold_split(table.labels, config.folds, config.fold, config.holdout, config.seed)
+    else:
+        train_idx, val_idx = stratified_split(table.labels, config.val_size, config.seed)
     return table, train_idx, val_idx
+
+
+def holdout_split(labels: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows the folds share, held-out rows): the held-out rows are those a single run with
+    `--val-size holdout --seed seed` validates on, so the two can be compared on the same rows."""
+    return stratified_split(labels, holdout, seed)
+
+
+def assign_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each row's fold (0..folds-1): every class dealt out in turn after a seeded shuffle, so each fold
+    holds within one row of its share of every class, and the folds' sizes differ by one at most."""
+    rng = np.random.default_rng([seed, folds])
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    dealt = 0  # where the next class starts dealing, so that the remainders spread over the folds
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        fold_of[rows] = (dealt + np.arange(len(rows))) % folds
+        dealt += len(rows)
+    return fold_of
+
+
+def fold_split(labels: np.ndarray, folds: int, fold: int, holdout: int, seed: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) indices of fold `fold` (1..folds) of the rows not held out."""
+    if holdout >= len(labels):
+        raise CompetitionError(f"--holdout {holdout} keeps all {len(labels)} training rows out of the folds; "
+                               "expected fewer.")
+    shared, _ = holdout_split(labels, holdout, seed)
+    if len(shared) < folds:
+        raise CompetitionError(f"{len(shared)} rows left after --holdout {holdout} cannot make {folds} folds; "
+                               "expected at least one row per fold.")
+    fold_of = assign_folds(labels[shared], folds, seed)
+    return shared[fold_of != fold - 1], shared[fold_of == fold - 1]
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,10 @@ def probs_by_views(probs_of: Callable[[np.ndarray], np.ndarray], images: np.ndar
 
 
 def run_probs(run_dir: Path, images: np.ndarray, tta: int = 1) -> np.ndarray:
-    """A run's probabilities (exported inference model, else dygraph), averaged over `tta` views (1, 2 or 6)."""
+    """A run's probabilities (exported inference model, else dygraph), averaged over `tta` views (1, 2 or 6);
+    for a cv folder, the mean of its folds' (a K-fold ensemble)."""
+    if checkpoint.is_cv_dir(run_dir):
+        return np.mean([run_probs(fold, images, tta) for fold in checkpoint.fold_dirs(run_dir)], axis=0)
     return probs_by_views(functools.partial(model_probs, Path(run_dir)), images, (tta,))[tta]
 
 
@@ -193,7 +196,8 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
     The copy is named `<run>-val<best acc>` (`<run>-noval` without a validation
     split) for one run, and `ensemble-<n>-<first run>-<digest>` for several,
     where the digest is of the sorted run names, so different ensembles that
-    start with the same run get different names. `-tta` is appended when the
+    start with the same run get different names; `<cv folder>-<K>fold-ensemble` for a cv folder (its folds
+    averaged). `-tta` is appended when the
     mirror images were averaged in, `-tta6` for six views. An ensemble's val_acc is None: its runs
     may have held out different rows, so no single validation score applies.
     """
@@ -201,10 +205,11 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
     labels = ensemble_probs(runs, table.images, tta).argmax(1)
     frame = submission_frame(table, labels)
     write_submission(frame, out)
-    val_acc = checkpoint.best_val_acc(runs[0]) if len(runs) == 1 else None
+    single = len(runs) == 1 and not checkpoint.is_cv_dir(runs[0])
+    val_acc = checkpoint.best_val_acc(runs[0]) if single else None
     stem = _archive_stem(runs, val_acc) + {1: "", 2: "-tta"}.get(tta, f"-tta{tta}")
     archived = archive_submission(out, Path(out).parent, stem)
-    validation = checkpoint.Validation.load(runs[0]) if len(runs) == 1 and val_acc is not None else None
+    validation = checkpoint.Validation.load(runs[0]) if single and val_acc is not None else None
     scores = {} if validation is None else validation.accuracies()
     key = {1: "val_acc", 2: "val_acc_tta"}.get(tta, f"val_acc_tta{tta}")
     return Submission(out, archived, len(frame), val_acc, scores.get(key),
@@ -212,6 +217,8 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
 
 
 def _archive_stem(runs: list[Path], val_acc: Optional[float]) -> str:
+    if len(runs) == 1 and checkpoint.is_cv_dir(runs[0]):
+        return f"{runs[0].name}-{len(checkpoint.fold_dirs(runs[0]))}fold-ensemble"
     if len(runs) == 1:
         return f"{runs[0].name}-{'noval' if val_acc is None else f'val{val_acc:.4f}'}"
     digest = hashlib.sha1("\n".join(sorted(str(r.resolve()) for r in runs)).encode()).hexdigest()[:6]

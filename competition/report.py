@@ -88,6 +88,11 @@ def _interval_text(value: float, rows: int) -> str:
     return f"{low:.4f}-{high:.4f}"
 
 
+def acc_with_interval(value: float, rows: int) -> str:
+    """`0.9460 (0.9306-0.9577)`: an accuracy and its 95% interval over `rows` rows."""
+    return f"{_acc_text(value)} ({_interval_text(value, rows)})"
+
+
 def _markdown_table(header: Sequence[str], rows: list[list[str]]) -> str:
     escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731  a | would split the cell
     lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header)]
@@ -373,6 +378,35 @@ def _config_rows(config: Config) -> list[list[str]]:
 
 def _config_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (dict, list)) or value is None else str(value)
+
+
+# --- a cross-validation (competition cv) ----------------------------------------------------
+
+CV_COLUMNS = ["", "validation rows", f"accuracy ({INTERVAL})", "with flip TTA", "best epoch", "seconds"]
+
+
+def write_cv_report(cv_dir: Path, run_dirs: list[Path], oof: pd.DataFrame, rows: list[list[str]]) -> list[Path]:
+    """A cv folder's report.md: the folds' curves on one picture, and the out-of-fold predictions' (`oof`:
+    label and pred columns) confusion matrix and per-class accuracy; `rows`: the headline table's rows."""
+    cv_dir = Path(cv_dir)
+    table = per_class_table(oof["label"].to_numpy(), oof["pred"].to_numpy())
+    compare_runs(run_dirs, cv_dir / CURVES)
+    written = [cv_dir / CURVES, plot_confusion(oof["label"], oof["pred"], cv_dir / CONFUSION),
+               plot_per_class(table, cv_dir / PER_CLASS_PNG)]
+    config = Config.load(run_dirs[0] / "config.json")
+    parts = [f"# Cross-validation `{cv_dir.name}`: {len(run_dirs)} folds of `{config.model}`",
+             "Each training row validates in exactly one fold; the out-of-fold accuracy scores every fold's best "
+             "checkpoint on its own validation rows. Held-out rows (`--holdout`) trained and validated no fold.",
+             "## Headline", _markdown_table(CV_COLUMNS, rows),
+             "## Validation curves of the folds", f"![curves]({CURVES})",
+             "## Out-of-fold per-class accuracy", per_class_markdown(table), f"![per_class]({PER_CLASS_PNG})",
+             "## Out-of-fold confusion matrix (rows: true, columns: predicted)", f"![confusion]({CONFUSION})",
+             "## Configuration of fold 1", _markdown_table(["key", "value"], _config_rows(config))]
+    with checkpoint.atomic_path(cv_dir / REPORT) as tmp:
+        tmp.write_text("\n\n".join(parts) + "\n")
+    written.append(cv_dir / REPORT)
+    log.info("report of %s: %s", cv_dir, ", ".join(p.name for p in written))
+    return written
 
 
 # --- comparing runs -------------------------------------------------------------------------

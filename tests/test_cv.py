@@ -111,7 +111,7 @@ def test_cv_stopped_by_sigint_resumes_to_the_uninterrupted_result(finished_cv: P
 @pytest.mark.parametrize("args, message", [
     (["--folds", "1"], "--folds must be at least 2, got 1."),
     (["--folds", "3", "--holdout", "400"], "--holdout 400"),
-    (["--epochs", "2"], "competition cv needs --folds K"),
+    (["--holdout", "-1"], "--holdout must be 0 or more, got -1."),
 ])
 def test_bad_cv_options_get_one_line(args: list, message: str, real_data: dict, tmp_path: Path, capsys) -> None:
     code = main(["cv", "--train", str(real_data["train"]), "--runs-dir", str(tmp_path), *args])

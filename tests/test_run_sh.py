@@ -86,6 +86,15 @@ def test_no_options_train_the_default_preset_then_predict(repo: Path) -> None:
     assert calls(repo)[-2:] == ["-m competition train --preset default", "-m competition predict --tta 6"]
 
 
+def test_cv_subcommand_runs_the_cv_that_submits_its_fold_ensemble(repo: Path) -> None:
+    assert run_sh(repo, "cv").returncode == 0
+    assert calls(repo)[-1] == "-m competition cv --submit 6 --preset default"
+    assert run_sh(repo, "cv", "--folds", "3", "--preset", "quick").returncode == 0
+    assert calls(repo)[-1] == "-m competition cv --submit 6 --folds 3 --preset quick"
+    result = run_sh(repo, "cv", "--folds", "1", FAKE_FAIL="-m competition cv --submit 6 --folds 1")
+    assert result.returncode != 0 and not any("predict" in c for c in calls(repo))
+
+
 def test_test_subcommand_passes_pytest_arguments(repo: Path) -> None:
     assert run_sh(repo, "test", "-k", "data", "-q").returncode == 0
     assert calls(repo)[-1] == "-m pytest -k data -q"

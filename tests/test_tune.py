@@ -1,0 +1,102 @@
+"""competition tune: Optuna studies of run folders, continued after a stop, shared by concurrent processes."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from competition import tune
+from competition.cli import main
+from competition.config import Config
+from conftest import REPO
+
+
+def tune_args(real_data: dict, runs: Path, trials: int, epochs: int = 1) -> list[str]:
+    return ["tune", "--trials", str(trials), "--train", str(real_data["train"]), "--val-size", "100",
+            "--model", "fc", "--epochs", str(epochs), "--batch-size", "32", "--runs-dir", str(runs)]
+
+
+def _study(runs: Path, name: str = "fc") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{runs / 'tune.db'}")
+
+
+def test_search_space_stays_in_its_ranges_and_leaves_fixed_options_alone() -> None:
+    base = Config.of_preset("default")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        values = tune.suggest(study.ask(), base, fixed=["lr"])
+        assert "lr" not in values
+        assert base.weight_decay / 4 <= values["weight_decay"] <= base.weight_decay * 4
+        assert 0 <= values["label_smoothing"] <= 0.3 and 0 <= values["crop_pad"] <= 3
+        assert base.epochs // 2 <= values["epochs"] <= base.epochs  # never more than the recipe's budget
+        assert 16 <= values["width"] <= 48
+    assert "width" not in tune.suggest(study.ask(), Config(model="fc"), fixed=[])  # no width to scale
+
+
+def _trial_epochs(runs: Path) -> int:
+    summaries = list(runs.glob("tune-fc/*-trial1/summary.csv"))
+    return len(summaries[0].read_text().splitlines()) - 1 if summaries else 0
+
+
+def test_a_study_stopped_and_started_again_keeps_every_trial(real_data: dict, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    args = tune_args(real_data, runs, trials=2, epochs=3)
+    proc = subprocess.Popen([sys.executable, "-m", "competition", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _trial_epochs(runs) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "tune stopped in trial 1" in err and "run the same command again" in err
+    assert main(args) == 0
+    states = [t.state for t in _study(runs).get_trials()]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1  # the stopped trial, kept in the same study
+    finished = [s for s in states if s in tune.FINISHED]
+    assert len(finished) == 2 and len(states) == 3
+
+
+def test_two_processes_share_one_study_without_losing_or_repeating_trials(real_data: dict, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    procs = [subprocess.Popen([sys.executable, "-m", "competition", *tune_args(real_data, runs, trials=3)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    trials = _study(runs).get_trials()
+    finished = [t for t in trials if t.state in tune.FINISHED]
+    assert len(finished) == 3
+    runs_of = [t.user_attrs["run"] for t in finished]
+    assert len(set(runs_of)) == 3 and all(Path(run, "best.pdparams").is_file() for run in runs_of)
+    assert len(list((runs / "tune-fc").glob("*-trial*"))) == 3  # no trial trained twice, none left unrecorded
+
+
+def test_show_prints_the_best_trial_and_writes_pictures(real_data: dict, tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    assert main(tune_args(real_data, runs, trials=2)) == 0
+    capsys.readouterr()
+    assert main(["tune", "--show", "--study", "fc", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    best = _study(runs).best_trial
+    assert f"best: trial {best.number}" in out
+    assert f"--lr {best.params['lr']!r}" in out and out.count("COMPLETE") == 2
+    assert (runs / "tune-fc" / "history.png").is_file() and (runs / "tune-fc" / "importances.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trials", "1", "--storage", "nosuch://x"], "--storage nosuch://x: cannot open it"),
+    (["--show", "--study", "missing"], "no study 'missing'"),
+    (["--epochs", "1"], "needs --trials N"),
+])
+def test_bad_storage_and_unknown_study_get_one_line(args: list, message: str, real_data: dict, tmp_path: Path,
+                                                     capsys) -> None:
+    code = main(["tune", "--train", str(real_data["train"]), "--val-size", "100", "--runs-dir", str(tmp_path),
+                 *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -83,6 +83,12 @@ def suggest(trial: optuna.Trial, base: Config, fixed: Sequence[str]) -> dict[str
     return values
 
 
+def recipe_values(base: Config, fixed: Sequence[str]) -> dict[str, Any]:
+    """The recipe's own values of the searched options (the centre of the space)."""
+    return {r.option: getattr(base, r.option) for r in SPACE
+            if r.option not in fixed and (getattr(base, r.option) or not r.relative)}
+
+
 def open_storage(url: Optional[str], runs_dir: str) -> optuna.storages.BaseStorage:
     """The study storage: an RDB URL (sqlite:///…, postgresql://…, mysql://…), or journal:PATH (a journal
     file on storage shared by the machines); by default sqlite:///RUNS_DIR/tune.db."""
@@ -116,6 +122,8 @@ def _load_or_create(name: str, storage: optuna.storages.BaseStorage, base: Confi
     saved = study.user_attrs.get("recipe")
     if saved is None:
         study.set_user_attr("recipe", recipe)
+        # The recipe itself is trial 0, so every study holds the hand-made baseline it searched around.
+        study.enqueue_trial(recipe_values(base, list(fixed)), skip_if_exists=True)
     elif saved != recipe:
         raise CompetitionError(f"study '{name}' searches around another recipe (preset {saved['preset']}, fixed "
                                f"{saved['fixed']}); give the same options, or another --study.")
@@ -143,8 +151,10 @@ class _Pruner:
         self.done.set()
         self.thread.join()
 
+    poll_s = 0.5  # how often summary.csv is read; an epoch takes seconds to minutes
+
     def _watch(self) -> None:
-        while not self.done.wait(0.5):
+        while not self.done.wait(self.poll_s):
             if self.report() and self.trial.should_prune():
                 self.pruned = True
                 os.kill(os.getpid(), signal.SIGTERM)  # stops every rank after its last finished epoch

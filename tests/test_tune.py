@@ -36,6 +36,22 @@ def test_search_space_stays_in_its_ranges_and_leaves_fixed_options_alone() -> No
         assert base.epochs // 2 <= values["epochs"] <= base.epochs  # never more than the recipe's budget
         assert 16 <= values["width"] <= 48
     assert "width" not in tune.suggest(study.ask(), Config(model="fc"), fixed=[])  # no width to scale
+    centre = tune.recipe_values(base, fixed=["lr"])
+    study.enqueue_trial(centre)
+    assert tune.suggest(study.ask(), base, fixed=["lr"]) == centre  # the recipe itself is inside the space
+
+
+def test_a_trial_the_pruner_rejects_stops_after_an_epoch(real_data: dict, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(tune._Pruner, "poll_s", 0.01)
+    base = Config(model="fc", epochs=40, batch_size=32, val_size=100, train=str(real_data["train"]),
+                  runs_dir=str(tmp_path), nproc=1)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    trial = study.ask()  # no accuracy reaches 2.0, so the pruner stops it at the first report
+    with pytest.raises(optuna.TrialPruned):
+        tune.run_trial(trial, base, {"epochs": 40}, trials=1, study_dir=tmp_path)
+    done = len((Path(trial.user_attrs["run"]) / "summary.csv").read_text().splitlines()) - 1
+    reported = sorted(study.trials[0].intermediate_values)
+    assert 1 <= done < 40 and reported == list(range(1, len(reported) + 1)) and 1 <= len(reported) <= done
 
 
 def _trial_epochs(runs: Path) -> int:
@@ -83,7 +99,9 @@ def test_show_prints_the_best_trial_and_writes_pictures(real_data: dict, tmp_pat
     capsys.readouterr()
     assert main(["tune", "--show", "--study", "fc", "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
-    best = _study(runs).best_trial
+    study = _study(runs)
+    assert study.trials[0].params == {"lr": 1e-3, "label_smoothing": 0.0, "crop_pad": 0, "erase": 0.0}  # the recipe
+    best = study.best_trial
     assert f"best: trial {best.number}" in out
     assert f"--lr {best.params['lr']!r}" in out and out.count("COMPLETE") == 2
     assert (runs / "tune-fc" / "history.png").is_file() and (runs / "tune-fc" / "importances.png").is_file()

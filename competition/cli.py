@@ -346,6 +346,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                            f" with {args.tta} views of each test image (TTA)")
     if len(run_dirs) > 1:
         print(f"ensemble of {len(run_dirs)} runs{tta}: {', '.join(map(str, run_dirs))}")
+        if result.val_acc is None:
+            print("validation accuracy: none (the runs validated on different rows)")
+        else:
+            with_tta = "" if result.val_acc_tta is None else \
+                f"; {accuracy_text(result.val_acc_tta, result.val_rows)} with TTA"
+            print(f"validation accuracy on the rows the runs share: {accuracy_text(result.val_acc, result.val_rows)}"
+                  f"{with_tta}")
     elif checkpoint.is_cv_dir(run_dirs[0]):
         found = cv.read_result(run_dirs[0])
         print(f"{len(found.folds)}-fold ensemble{tta}: {cv_line(found)}")

@@ -198,8 +198,8 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
     where the digest is of the sorted run names, so different ensembles that
     start with the same run get different names; `<cv folder>-<K>fold-ensemble` for a cv folder (its folds
     averaged). `-tta` is appended when the
-    mirror images were averaged in, `-tta6` for six views. An ensemble's val_acc is None: its runs
-    may have held out different rows, so no single validation score applies.
+    mirror images were averaged in, `-tta6` for six views. An ensemble's val_acc is its accuracy on the
+    validation rows its runs share, and None when they held out different rows.
     """
     runs = as_run_list(run_dirs)
     labels = ensemble_probs(runs, table.images, tta).argmax(1)
@@ -209,11 +209,31 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
     val_acc = checkpoint.best_val_acc(runs[0]) if single else None
     stem = _archive_stem(runs, val_acc) + {1: "", 2: "-tta"}.get(tta, f"-tta{tta}")
     archived = archive_submission(out, Path(out).parent, stem)
-    validation = checkpoint.Validation.load(runs[0]) if single and val_acc is not None else None
+    if not single:
+        shared = shared_validation(runs, tta)
+        return Submission(out, archived, len(frame), *(shared or (None, None, 0)), runs, tta)
+    validation = checkpoint.Validation.load(runs[0]) if val_acc is not None else None
     scores = {} if validation is None else validation.accuracies()
     key = {1: "val_acc", 2: "val_acc_tta"}.get(tta, f"val_acc_tta{tta}")
     return Submission(out, archived, len(frame), val_acc, scores.get(key),
                       0 if validation is None else len(validation.labels), runs, tta)
+
+
+def shared_validation(runs: list[Path], tta: int = 1) -> Optional[tuple[float, Optional[float], int]]:
+    """An ensemble's accuracy on the validation rows its runs share (same rows, e.g. the same --val-size and
+    --seed), from their validation.npz: (plain, with `tta` views, rows); None when the rows differ."""
+    if any(checkpoint.is_cv_dir(run) for run in runs):
+        return None
+    found = [checkpoint.Validation.load(run) for run in runs]
+    if any(v is None for v in found) or any(not np.array_equal(v.indices, found[0].indices) for v in found):
+        return None
+    labels = found[0].labels
+    views = {1: "probs", 2: "tta_probs", 6: "tta6_probs"}[tta]
+    with_views = [getattr(v, views) for v in found]
+    plain = float((np.mean([v.probs for v in found], axis=0).argmax(1) == labels).mean())
+    tta_acc = (None if tta == 1 or any(p is None for p in with_views)
+               else float((np.mean(with_views, axis=0).argmax(1) == labels).mean()))
+    return plain, tta_acc, len(labels)
 
 
 def _archive_stem(runs: list[Path], val_acc: Optional[float]) -> str:

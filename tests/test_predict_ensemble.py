@@ -9,7 +9,7 @@ import pandas as pd
 import paddle
 import pytest
 
-from competition import checkpoint
+from competition import checkpoint, predict
 from competition.data import read_test_csv, read_train_csv
 from competition.errors import CompetitionError
 from competition.predict import accuracy_on, ensemble_probs, flip_images, predict_run, run_probs
@@ -88,7 +88,9 @@ def test_predict_with_two_runs_writes_a_submission_and_an_ensemble_archive(
     assert list(submission["label"]) == list(labels)
     assert result.archived.name.startswith(f"ensemble-2-{tiny_run.name}-")
     assert result.archived.read_bytes() == out.read_bytes()
-    assert result.val_acc is None and result.runs == [tiny_run, other_run] and result.rows == len(table)
+    assert result.runs == [tiny_run, other_run] and result.rows == len(table)
+    # other_run's validation.npz is tiny_run's (copied): the same rows, so a figure on them applies
+    assert result.val_acc == pytest.approx(checkpoint.Validation.load(tiny_run).accuracies()["val_acc"])
     tta = predict_run([tiny_run, other_run], table, out, tta=2)
     assert tta.archived.stem == f"{result.archived.stem}-tta" and result.archived.exists()
 
@@ -164,3 +166,21 @@ def test_six_view_submission_is_archived_as_such_with_its_validation_accuracy(ti
     result = predict_run(tiny_run, read_test_csv(real_data["test"]), tmp_path / "s.csv", tta=6)
     assert result.archived.name.endswith("-tta6.csv") and result.tta == 6
     assert result.val_acc_tta == Validation.load(tiny_run).accuracies()["val_acc_tta6"]
+
+
+def test_an_ensembles_validation_accuracy_is_scored_on_the_rows_its_runs_share(
+        tiny_run: Path, other_run: Path, tmp_path: Path) -> None:
+    mine = checkpoint.Validation.load(tiny_run)
+    rng = np.random.default_rng(0)
+    other = tmp_path / "other"
+    shutil.copytree(other_run, other)
+    theirs = checkpoint.Validation(mine.indices, mine.images, mine.labels,
+                                   *(rng.dirichlet(np.ones(10), len(mine.labels)).astype(np.float32) for _ in range(3)))
+    theirs.save(other)
+    plain, flip, rows = predict.shared_validation([tiny_run, other], tta=2)
+    assert rows == len(mine.labels)
+    assert plain == pytest.approx(((mine.probs + theirs.probs).argmax(1) == mine.labels).mean())
+    assert flip == pytest.approx(((mine.tta_probs + theirs.tta_probs).argmax(1) == mine.labels).mean())
+    shifted = checkpoint.Validation(mine.indices + 1, mine.images, mine.labels, mine.probs, mine.tta_probs)
+    shifted.save(other)  # other rows: no figure applies
+    assert predict.shared_validation([tiny_run, other], tta=2) is None

@@ -309,7 +309,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(table.to_string(index=False) if len(table) else f"study '{name}' has no trials yet")
     best = tune.best_trial(study)
     if best is not None:
-        print(f"best: trial {best.number}, validation accuracy {best.value:.4f}; parameters {best.params}")
+        print(f"best: trial {best.number}, validation accuracy "
+              f"{accuracy_text(best.value, best.user_attrs.get('val_rows', 0))}; parameters {best.params}")
         print(f"train it again: {tune.best_command(study)}")
     if show:
         for path in tune.write_plots(study, Path(runs_dir) / f"tune-{name}"):

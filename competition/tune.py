@@ -23,6 +23,8 @@ import pandas as pd
 from . import api, checkpoint, parallel
 from .config import Config
 from .errors import CompetitionError, TrainingInterrupted
+from .report import INTERVAL, interval_text
+from .stats import accuracy_text
 
 log = logging.getLogger("competition")
 
@@ -138,6 +140,8 @@ class _Pruner:
     """Reports each finished epoch of a trial's run to Optuna (a thread that reads summary.csv), and stops
     the run, through the same signal as Ctrl-C, when Optuna's pruner says it should stop."""
 
+    poll_s = 0.5  # how often summary.csv is read; an epoch takes seconds to minutes
+
     def __init__(self, trial: optuna.Trial, run_dir: Path):
         self.trial, self.run_dir, self.reported, self.pruned = trial, run_dir, 0, False
         self.done = threading.Event()
@@ -150,8 +154,6 @@ class _Pruner:
     def __exit__(self, *exc: object) -> None:
         self.done.set()
         self.thread.join()
-
-    poll_s = 0.5  # how often summary.csv is read; an epoch takes seconds to minutes
 
     def _watch(self) -> None:
         while not self.done.wait(self.poll_s):
@@ -199,6 +201,7 @@ def run_trial(trial: optuna.Trial, base: Config, fixed: dict[str, Any], trials: 
         raise TrainingInterrupted(f"tune stopped in trial {trial.number} ({run_dir}); run the same command "
                                   "again to continue the study") from None
     pruner.report()
+    trial.set_user_attr("val_rows", result.val_rows)
     return float(result.best_val_acc)
 
 
@@ -222,8 +225,9 @@ def tune(base: Config, fixed: dict[str, Any], trials: int, timeout_min: Optional
 def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """One line as each trial ends (a surplus trial, never trained, is not mentioned)."""
     if trial.state == optuna.trial.TrialState.COMPLETE:
-        log.info("trial %d: validation accuracy %.4f (best so far %.4f, trial %d)", trial.number, trial.value,
-                 study.best_value, study.best_trial.number)
+        best = best_trial(study)
+        log.info("trial %d: validation accuracy %s (best so far %.2f%%, trial %d)", trial.number,
+                 accuracy_text(trial.value, trial.user_attrs.get("val_rows", 0)), 100 * best.value, best.number)
     elif trial.state == optuna.trial.TrialState.PRUNED:
         log.info("trial %d: pruned after epoch %d (below the median of earlier trials)", trial.number,
                  len(trial.intermediate_values))
@@ -246,7 +250,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         seconds = round((t.datetime_complete - t.datetime_start).total_seconds()) \
             if t.datetime_complete and t.datetime_start else None  # None: still running
-        rows.append({"trial": t.number, "state": t.state.name, "val_acc": t.value,
+        interval = "" if t.value is None else interval_text(t.value, t.user_attrs.get("val_rows", 0))
+        rows.append({"trial": t.number, "state": t.state.name, "val_acc": t.value, INTERVAL: interval,
                      "epochs": len(t.intermediate_values), "seconds": seconds, **t.params,
                      "run": t.user_attrs.get("run", "")})
     return pd.DataFrame(rows)

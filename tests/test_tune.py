@@ -59,7 +59,8 @@ def _trial_epochs(runs: Path) -> int:
     return len(summaries[0].read_text().splitlines()) - 1 if summaries else 0
 
 
-def test_a_study_stopped_and_started_again_keeps_every_trial(real_data: dict, tmp_path: Path) -> None:
+def test_a_study_stopped_and_started_again_keeps_every_trial_and_shows_them(real_data: dict, tmp_path: Path,
+                                                                           capsys) -> None:
     runs = tmp_path / "runs"
     args = tune_args(real_data, runs, trials=2, epochs=3)
     proc = subprocess.Popen([sys.executable, "-m", "competition", *args], cwd=REPO, stdout=subprocess.PIPE,
@@ -76,6 +77,19 @@ def test_a_study_stopped_and_started_again_keeps_every_trial(real_data: dict, tm
     assert states.count(optuna.trial.TrialState.FAIL) == 1  # the stopped trial, kept in the same study
     finished = [s for s in states if s in tune.FINISHED]
     assert len(finished) == 2 and len(states) == 3
+    _show_prints_the_best_trial_and_writes_pictures(runs, capsys)
+
+
+def _show_prints_the_best_trial_and_writes_pictures(runs: Path, capsys) -> None:
+    capsys.readouterr()
+    assert main(["tune", "--show", "--study", "fc", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    study = _study(runs)
+    assert study.trials[0].params == {"lr": 1e-3, "label_smoothing": 0.0, "crop_pad": 0, "erase": 0.0}  # the recipe
+    best = study.best_trial
+    assert f"best: trial {best.number}" in out and "rows)" in out  # with its interval
+    assert f"--lr {best.params['lr']!r}" in out and out.count("COMPLETE") == 2
+    assert (runs / "tune-fc" / "history.png").is_file() and (runs / "tune-fc" / "importances.png").is_file()
 
 
 def test_two_processes_share_one_study_without_losing_or_repeating_trials(real_data: dict, tmp_path: Path) -> None:
@@ -91,20 +105,6 @@ def test_two_processes_share_one_study_without_losing_or_repeating_trials(real_d
     runs_of = [t.user_attrs["run"] for t in finished]
     assert len(set(runs_of)) == 3 and all(Path(run, "best.pdparams").is_file() for run in runs_of)
     assert len(list((runs / "tune-fc").glob("*-trial*"))) == 3  # no trial trained twice, none left unrecorded
-
-
-def test_show_prints_the_best_trial_and_writes_pictures(real_data: dict, tmp_path: Path, capsys) -> None:
-    runs = tmp_path / "runs"
-    assert main(tune_args(real_data, runs, trials=2)) == 0
-    capsys.readouterr()
-    assert main(["tune", "--show", "--study", "fc", "--runs-dir", str(runs)]) == 0
-    out = capsys.readouterr().out
-    study = _study(runs)
-    assert study.trials[0].params == {"lr": 1e-3, "label_smoothing": 0.0, "crop_pad": 0, "erase": 0.0}  # the recipe
-    best = study.best_trial
-    assert f"best: trial {best.number}" in out
-    assert f"--lr {best.params['lr']!r}" in out and out.count("COMPLETE") == 2
-    assert (runs / "tune-fc" / "history.png").is_file() and (runs / "tune-fc" / "importances.png").is_file()
 
 
 @pytest.mark.parametrize("args, message", [

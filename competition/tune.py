@@ -116,10 +116,7 @@ def _load_or_create(name: str, storage: optuna.storages.BaseStorage, base: Confi
                     fixed: dict[str, Any]) -> optuna.Study:
     """The study `name`, created on first use; refused when it searched around another recipe."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(),
-                                # the first 3 trials and each trial's first epoch are never pruned: the median
-                                # of too few points, or of one noisy epoch, would stop good recipes
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+                                sampler=optuna.samplers.TPESampler(), pruner=_pruner(base.epochs))
     recipe = {"preset": base.preset, "fixed": fixed}
     saved = study.user_attrs.get("recipe")
     if saved is None:
@@ -130,6 +127,14 @@ def _load_or_create(name: str, storage: optuna.storages.BaseStorage, base: Confi
         raise CompetitionError(f"study '{name}' searches around another recipe (preset {saved['preset']}, fixed "
                                f"{saved['fixed']}); give the same options, or another --study.")
     return study
+
+
+def _pruner(epochs: int) -> optuna.pruners.BasePruner:
+    """Stop a trial whose accuracy at an epoch is below the median of earlier trials' at that epoch, but
+    never among the first 3 trials (a median of too few) and never before half of the recipe's epochs:
+    the presets' schedules warm up, so a trial with a lower rate trails early and catches up (a study that
+    pruned from epoch 1 stopped lr 0.26 and 0.61 trials of the default recipe at 73% and 82%)."""
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 2))
 
 
 class _Surplus(Exception):

@@ -284,7 +284,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
               f"epoch {fold['best_epoch']}")
     print(cv_line(result))
     if views:
-        written = api.submit([result.cv_dir], tta=views, out=out, test=test, data_dir=config_data_dir(result.cv_dir))
+        data_dir = checkpoint.read_cv_record(result.cv_dir)["config"]["data_dir"]  # the cv's, for the test file too
+        written = api.submit([result.cv_dir], tta=views, out=out, test=test, data_dir=data_dir)
         print(f"submission: {written.path} ({written.rows} rows; archived as {written.archived})")
     return 0
 
@@ -329,11 +330,6 @@ def cv_line(result: "cv.CvResult") -> str:
                  f"{accuracy_text(held['ensemble_acc'], held['rows'])}, {held['ensemble_acc_tta6']:.2%} with "
                  f"six-view TTA (single folds: {singles})")
     return f"{line}; cv folder: {result.cv_dir} (see report.md there)"
-
-
-def config_data_dir(cv_dir: Path) -> Optional[str]:
-    """The --data-dir a cv was started with (where its test file is looked up too)."""
-    return checkpoint.read_cv_record(cv_dir)["config"]["data_dir"]
 
 
 def _run_dirs(args: argparse.Namespace) -> list[Path]:

@@ -342,7 +342,6 @@ def newest_run(runs_dir: str) -> Path:
     return max(runs, key=lambda p: ((p / "config.json").stat().st_mtime, p.name))
 
 
-
 def is_cv_dir(folder: Path) -> bool:
     """Whether `folder` is a cv folder (competition cv) rather than a run folder."""
     return (Path(folder) / CV_JSON).is_file()

@@ -20,7 +20,7 @@ import pandas as pd
 from . import api, checkpoint, parallel, predict, report
 from .checkpoint import CV_JSON, Validation
 from .config import Config
-from .data import CLASS_NAMES, holdout_split, load_training_data
+from .data import CLASS_NAMES, holdout_split, load_training_table
 from .errors import CompetitionError, TrainingFailed, TrainingInterrupted
 from .stats import wilson_interval
 
@@ -136,7 +136,7 @@ def _fold_figures(run_dir: Path, val: Validation) -> dict[str, Any]:
 
 def _holdout_figures(config: Config, run_dirs: list[Path]) -> dict[str, Any]:
     """Each fold's and the fold ensemble's accuracy on the held-out rows, plain, flip and six-view TTA."""
-    table, _, _ = load_training_data(dataclasses.replace(config, folds=None, fold=None, val_size=0))
+    table = load_training_table(config)
     _, rows = holdout_split(table.labels, config.holdout, config.seed)
     images, labels = table.images[rows], table.labels[rows]
     by_fold = [predict.probs_by_views(functools.partial(predict.model_probs, run_dir), images)

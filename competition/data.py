@@ -368,14 +368,18 @@ TrainingData = tuple["ImageTable", np.ndarray, np.ndarray]  # table, training in
 
 def load_training_data(config: Config) -> TrainingData:
     """The training table (its first config.rows rows) and its seeded, stratified (train, validation) indices."""
-    table = read_train_csv(data_file(TRAIN_FILE, config.train, config.data_dir))
-    if config.rows:
-        table = table.head(config.rows)
+    table = load_training_table(config)
     if config.folds and config.fold:
         train_idx, val_idx = fold_split(table.labels, config.folds, config.fold, config.holdout, config.seed)
     else:
         train_idx, val_idx = stratified_split(table.labels, config.val_size, config.seed)
     return table, train_idx, val_idx
+
+
+def load_training_table(config: Config) -> "ImageTable":
+    """The configuration's training table: its first config.rows rows, or all."""
+    table = read_train_csv(data_file(TRAIN_FILE, config.train, config.data_dir))
+    return table.head(config.rows) if config.rows else table
 
 
 def holdout_split(labels: np.ndarray, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -222,9 +222,7 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
 def shared_validation(runs: list[Path], tta: int = 1) -> Optional[tuple[float, Optional[float], int]]:
     """An ensemble's accuracy on the validation rows its runs share (same rows, e.g. the same --val-size and
     --seed), from their validation.npz: (plain, with `tta` views, rows); None when the rows differ."""
-    if any(checkpoint.is_cv_dir(run) for run in runs):
-        return None
-    found = [checkpoint.Validation.load(run) for run in runs]
+    found = [checkpoint.Validation.load(run) for run in runs]  # None for a cv folder: it has no validation.npz
     if any(v is None for v in found) or any(not np.array_equal(v.indices, found[0].indices) for v in found):
         return None
     labels = found[0].labels

@@ -332,7 +332,7 @@ def report_markdown(run_dir: Path, config: Config, summary: pd.DataFrame, n_para
     for key, name in (("val_acc_tta6", "with 6-view TTA (`predict --tta 6`)"),
                       ("val_acc_tta", "with flip TTA (`predict --tta`)")):
         if key in (scores or {}):
-            rows.insert(1, [name, f"{scores[key]:.4f} ({interval_text(scores[key], val_rows)})"])
+            rows.insert(1, [name, acc_with_interval(scores[key], val_rows)])
     if ran is not None:
         rows.append(["trained on (runtime.json)", ran])
     parts = [f"# Run `{Path(run_dir).name}`", "## Headline", _markdown_table(["", ""], rows),

@@ -169,12 +169,9 @@ class _Pruner:
 
     def report(self) -> bool:
         """Pass new epochs' validation accuracy to Optuna; whether there were any."""
-        path = self.run_dir / "summary.csv"
-        if not path.is_file():
-            return False
         try:
             summary = checkpoint.read_summary(self.run_dir)
-        except CompetitionError:  # being replaced right now
+        except CompetitionError:  # not written yet, or being replaced right now
             return False
         new = summary.iloc[self.reported:]
         for row in new.itertuples():

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip as gzip_module
 import os
+import subprocess
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +16,19 @@ from competition.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "fashion-mnist"
+
+
+def epochs_done(runs: Path, summary_glob: str = "*/summary.csv") -> int:
+    """Epochs in the first summary.csv under `runs` matching the glob (0 before one exists)."""
+    summaries = list(runs.glob(summary_glob))
+    return len(summaries[0].read_text().splitlines()) - 1 if summaries else 0
+
+
+def wait_for_first_epoch(proc: subprocess.Popen, runs: Path, summary_glob: str = "*/summary.csv") -> None:
+    """Wait (up to 2 minutes) until a run under `runs` has finished an epoch, or `proc` has ended."""
+    deadline = time.monotonic() + 120
+    while epochs_done(runs, summary_glob) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def pixel_names(start: int = 1) -> list[str]:

@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 
 from competition.cli import main
 from competition.data import assign_folds, fold_split, stratified_split
-from conftest import REPO
+from conftest import REPO, wait_for_first_epoch
 
 FOLDS, HOLDOUT = 3, 60
 
@@ -82,19 +81,12 @@ def test_fold_ensemble_submission_passes_check(finished_cv: Path, real_data: dic
     assert again.read_text() == out.read_text()
 
 
-def _epochs_of_fold1(runs: Path) -> int:
-    summaries = list(runs.glob("*/fold1/summary.csv"))
-    return len(summaries[0].read_text().splitlines()) - 1 if summaries else 0
-
-
 def test_cv_stopped_by_sigint_resumes_to_the_uninterrupted_result(finished_cv: Path, real_data: dict,
                                                                  tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "competition", *cv_args(real_data, runs)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while _epochs_of_fold1(runs) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_first_epoch(proc, runs, "*/fold1/summary.csv")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     (cv_dir,) = runs.iterdir()

@@ -4,14 +4,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from competition.cli import main
-from conftest import REPO
+from conftest import REPO, epochs_done, wait_for_first_epoch
 
 EPOCHS = 8
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
@@ -30,11 +29,6 @@ def uninterrupted(real_data: dict, tmp_path_factory: pytest.TempPathFactory) -> 
     return pd.read_csv(run / "summary.csv")[METRICS]
 
 
-def _epochs_done(runs: Path) -> int:
-    summaries = list(runs.glob("*/summary.csv"))
-    return len(summaries[0].read_text().splitlines()) - 1 if summaries else 0
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL],
                          ids=["INT", "TERM", "HUP", "KILL"])
 def test_signal_after_first_epoch_then_resume_matches_uninterrupted(
@@ -42,13 +36,11 @@ def test_signal_after_first_epoch_then_resume_matches_uninterrupted(
     runs = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "competition", *train_args(real_data, runs)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while _epochs_done(runs) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_first_epoch(proc, runs)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     (run,) = runs.iterdir()
-    done = _epochs_done(runs)
+    done = epochs_done(runs)
     assert 1 <= done < EPOCHS, "the run finished before the signal; make epochs longer"
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL

@@ -4,7 +4,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -13,7 +12,7 @@ import pytest
 from competition import tune
 from competition.cli import main
 from competition.config import Config
-from conftest import REPO
+from conftest import REPO, wait_for_first_epoch
 
 
 def tune_args(real_data: dict, runs: Path, trials: int, epochs: int = 1) -> list[str]:
@@ -54,20 +53,13 @@ def test_a_trial_the_pruner_rejects_stops_after_an_epoch(real_data: dict, tmp_pa
     assert 1 <= done < 40 and reported == list(range(1, len(reported) + 1)) and 1 <= len(reported) <= done
 
 
-def _trial_epochs(runs: Path) -> int:
-    summaries = list(runs.glob("tune-fc/*-trial1/summary.csv"))
-    return len(summaries[0].read_text().splitlines()) - 1 if summaries else 0
-
-
 def test_a_study_stopped_and_started_again_keeps_every_trial_and_shows_them(real_data: dict, tmp_path: Path,
                                                                            capsys) -> None:
     runs = tmp_path / "runs"
     args = tune_args(real_data, runs, trials=2, epochs=3)
     proc = subprocess.Popen([sys.executable, "-m", "competition", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while _trial_epochs(runs) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_first_epoch(proc, runs, "tune-fc/*-trial1/summary.csv")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err

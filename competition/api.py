@@ -79,6 +79,20 @@ def resume(run_dir: Union[str, Path], epochs: Optional[int] = None, node_rank: O
     return result
 
 
+def train_to_end(run_dir: Path, config: Config, where: str, resume_line: str) -> RunResult:
+    """Train one run of a cv or an ensemble to its end: start it, or resume it when it was stopped. A stop
+    or a failure names the run as `where` (e.g. "cv fold 2 of 5") and ends with `resume_line`."""
+    try:
+        with parallel.stop_on_signals():  # a stop between two runs' trainings ends as cleanly as one inside
+            if (run_dir / checkpoint.LAST).is_file():
+                return resume(run_dir)
+            return fit(config, run_dir=run_dir)  # not started, or stopped before its first save: start it (again)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        raise TrainingInterrupted(f"{where} stopped; its finished epochs are saved in {run_dir}; {resume_line}") from None
+    except TrainingFailed as exc:
+        raise TrainingFailed(f"{where} failed: {str(exc).split('; continue with')[0]}; {resume_line}") from None
+
+
 def submit(run: Union[Run, list[Run], None] = None, tta: Union[bool, int] = True,
            out: Union[str, Path] = DEFAULT_OUT, test: Optional[str] = None, data_dir: Optional[str] = None,
            runs_dir: str = "runs") -> Submission:

@@ -35,6 +35,7 @@ LAST = "last.ckpt"  # everything needed to resume after the last finished epoch
 VALIDATION = "validation.npz"  # the validation rows and the best checkpoint's probabilities on them
 VALIDATION_JSON = "validation.json"  # {"val_acc": …, "val_acc_tta": …} of the best checkpoint (the report's)
 CV_JSON = "cv.json"  # marks a cv folder (competition cv): its configuration, then its figures
+ENSEMBLE_JSON = "ensemble.json"  # marks an ensemble folder (an ensemble preset): its members' configurations
 
 
 @dataclass
@@ -334,12 +335,15 @@ def save_inference(model: nn.Layer, folder: Path) -> Path:
 
 
 def newest_run(runs_dir: str) -> Path:
-    """The most recent run folder with a checkpoint."""
-    runs = sorted(p.parent for p in Path(runs_dir).glob(f"*/{CHECKPOINT}.pdparams"))
+    """The most recent run folder with a checkpoint, or finished ensemble folder."""
+    runs = [p.parent for p in Path(runs_dir).glob(f"*/{CHECKPOINT}.pdparams")]
+    runs += [p.parent for p in Path(runs_dir).glob(f"*/{ENSEMBLE_JSON}") if "figures" in read_ensemble_record(p.parent)]
     if not runs:
         raise CompetitionError(f"no trained run in {runs_dir}/; train one first "
                                "(competition train) or pass --run DIR.")
-    return max(runs, key=lambda p: ((p / "config.json").stat().st_mtime, p.name))
+    # a finished ensemble rewrote its ensemble.json after its members' runs
+    stamp = lambda p: ((p / (ENSEMBLE_JSON if is_ensemble_dir(p) else "config.json")).stat().st_mtime, p.name)  # noqa: E731
+    return max(runs, key=stamp)
 
 
 def is_cv_dir(folder: Path) -> bool:
@@ -372,3 +376,39 @@ def fold_dirs(cv_dir: Path) -> list[Path]:
         raise CompetitionError(f"{cv_dir}: {', '.join(unfinished)} of its {folds} folds have not finished; "
                                f"continue with: competition cv --resume {cv_dir}")
     return dirs
+
+
+def is_ensemble_dir(folder: Path) -> bool:
+    """Whether `folder` is an ensemble folder (an ensemble preset's runs) rather than a run folder."""
+    return (Path(folder) / ENSEMBLE_JSON).is_file()
+
+
+def member_dir(ens_dir: Path, member: int) -> Path:
+    """The run folder of member `member` (1..M) of an ensemble folder."""
+    return Path(ens_dir) / f"member{member}"
+
+
+def read_ensemble_record(ens_dir: Path) -> dict:
+    """ensemble.json: {"preset", "members": their configurations, then "figures" once it has finished}."""
+    path = Path(ens_dir) / ENSEMBLE_JSON
+    try:
+        record = json.loads(path.read_text())
+        for member in record["members"]:
+            Config.from_dict(member, source=path)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise CompetitionError(f"{path}: cannot be read as an ensemble record ({exc}).") from None
+    return record
+
+
+def member_runs(folder: Path) -> list[Path]:
+    """The run folders that a cv folder (its folds) or an ensemble folder (its members) averages, each
+    finished; [folder] for a run folder."""
+    if is_cv_dir(folder):
+        return fold_dirs(folder)
+    if not is_ensemble_dir(folder):
+        return [Path(folder)]
+    record = read_ensemble_record(folder)
+    if "figures" not in record:
+        raise CompetitionError(f"{folder}: its members have not all finished; "
+                               f"continue with: competition train --resume {folder}")
+    return [member_dir(folder, k) for k in range(1, len(record["members"]) + 1)]

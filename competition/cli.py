@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from . import api, checkpoint, cv, parallel, report, submission, tune
+from . import api, checkpoint, cv, ensemble, parallel, report, submission, tune
 from .api import DEFAULT_OUT
 from .bench import BenchSettings, run_bench
-from .config import CONV_CHOICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Config, from_preset
+from .config import CONV_CHOICES, ENSEMBLES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Config, from_preset
 from .data import TRAIN_FILE, data_file, read_train_csv
 from .errors import CompetitionError
 from .models import MODELS, build_model
@@ -98,11 +98,15 @@ def _tune_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_tune)
 
 
+_ENSEMBLE_NAMES = ", ".join(f"{name} = {' + '.join(members)}" for name, members in ENSEMBLES.items())
+
+
 def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The options of a training recipe, shared by train, cv and tune."""
     d = Config()
     p.add_argument("--preset", help=f"start from a named recipe: {', '.join(PRESETS)}; "
-                   "explicit options override its values")
+                   f"or (train) an ensemble of recipes: {_ENSEMBLE_NAMES}; "
+                   "explicit options override its values (every member's)")
     p.add_argument("--train", metavar="FILE", help="training CSV (default: found in the data dirs)")
     p.add_argument("--model", help=f"one of {', '.join(MODELS)} (default {d.model})")
     p.add_argument("--width", type=int, help="cnn, resnet, airnet: channels of the first conv (cnn 16, resnet 32, "
@@ -236,6 +240,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     run = given.pop("resume", None)
     node_rank, master = given.pop("node_rank", None), given.pop("master", None)
+    if run is None and given.get("preset") in ENSEMBLES:
+        if node_rank is not None or master:
+            raise CompetitionError(f"preset {given['preset']} trains on one machine; drop --node-rank and --master.")
+        return _print_ensemble(ensemble.run_ensemble(ensemble.start_ensemble(
+            given.pop("preset"), {**given, "extra": {"argv": sys.argv[1:]}})))
     if run is None:
         config = from_preset(given.pop("preset", None), **given, extra={"argv": sys.argv[1:]})
         result = api.fit(config, node_rank, master)
@@ -245,6 +254,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             names = ", ".join("--" + name.replace("_", "-") for name in fixed)
             raise CompetitionError(f"--resume continues {run} with its saved configuration (nodes included); "
                                    f"drop {names} (only --epochs, --node-rank and --master may be given).")
+        if checkpoint.is_ensemble_dir(Path(run)):
+            if given or node_rank is not None or master:
+                raise CompetitionError(f"--resume {run} continues an ensemble with its saved configuration; "
+                                       "drop --epochs, --node-rank and --master.")
+            return _print_ensemble(ensemble.run_ensemble(Path(run)))
         result = api.resume(Path(run), given.get("epochs"), node_rank, master)
     if node_rank:
         print(f"node {node_rank}: its ranks finished; node 0 writes the report of {result.run_dir}")
@@ -261,6 +275,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         best = accuracy_text(result.best_val_acc, rows) if rows else f"{result.best_val_acc:.4f}"
         print(f"best validation accuracy {best}, epoch {result.best_epoch}{tta}; "
               f"run folder: {result.run_dir} (see report.md there)")
+    return 0
+
+
+def _print_ensemble(result: "ensemble.EnsembleResult") -> int:
+    """Each member's best validation accuracy, then their average's on the rows they share."""
+    for member in result.members:
+        best = "none (no validation split)" if member.best_val_acc is None else \
+            accuracy_text(member.best_val_acc, member.val_rows) if member.val_rows else f"{member.best_val_acc:.4f}"
+        print(f"{member.run_dir.name}: best validation accuracy {best}, epoch {member.best_epoch}")
+    if result.figures is None:
+        print(f"ensemble folder: {result.ens_dir} (no validation split)")
+    else:
+        fig = result.figures
+        print(f"ensemble of {len(result.members)} (probabilities averaged): validation accuracy "
+              f"{accuracy_text(fig['acc'], fig['rows'])}; with flip TTA {fig['acc_tta']:.2%}; with 6-view TTA "
+              f"{fig['acc_tta6']:.2%}; ensemble folder: {result.ens_dir}")
     return 0
 
 
@@ -342,6 +372,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     result = api.submit(run_dirs, tta=args.tta, out=args.out, test=args.test, data_dir=args.data_dir)
     tta = {1: "", 2: " with mirrored test images (TTA)"}.get(args.tta,
                                                            f" with {args.tta} views of each test image (TTA)")
+    what = f"run {run_dirs[0]}"
+    if checkpoint.is_ensemble_dir(run_dirs[0]):
+        what = f"ensemble {run_dirs[0]} ({len(checkpoint.member_runs(run_dirs[0]))} runs averaged)"
     if len(run_dirs) > 1:
         print(f"ensemble of {len(run_dirs)} runs{tta}: {', '.join(map(str, run_dirs))}")
         if result.val_acc is None:
@@ -355,14 +388,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         found = cv.read_result(run_dirs[0])
         print(f"{len(found.folds)}-fold ensemble{tta}: {cv_line(found)}")
     elif result.val_acc is None:
-        print(f"run {run_dirs[0]}{tta}: validation accuracy none (trained on every row)")
+        print(f"{what}{tta}: validation accuracy none (trained on every row)")
     elif not result.val_rows:  # a run from before validation.npz: no row count for an interval
-        print(f"run {run_dirs[0]}{tta}: validation accuracy {result.val_acc:.4f}")
+        print(f"{what}{tta}: validation accuracy {result.val_acc:.4f}")
     elif args.tta > 1 and result.val_acc_tta is not None:
-        print(f"run {run_dirs[0]}{tta}: validation accuracy {accuracy_text(result.val_acc_tta, result.val_rows)} "
+        print(f"{what}{tta}: validation accuracy {accuracy_text(result.val_acc_tta, result.val_rows)} "
               f"with TTA ({result.val_acc:.2%} without)")
     else:
-        print(f"run {run_dirs[0]}{tta}: validation accuracy {accuracy_text(result.val_acc, result.val_rows)}")
+        print(f"{what}{tta}: validation accuracy {accuracy_text(result.val_acc, result.val_rows)}")
     print(f"submission: {result.path} ({result.rows} rows; archived as {result.archived})")
     return 0
 

@@ -17,11 +17,11 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from . import api, checkpoint, parallel, predict, report
+from . import api, checkpoint, predict, report
 from .checkpoint import CV_JSON, Validation
 from .config import Config
 from .data import CLASS_NAMES, holdout_split, load_training_table
-from .errors import CompetitionError, TrainingFailed, TrainingInterrupted
+from .errors import CompetitionError
 from .stats import wilson_interval
 
 log = logging.getLogger("competition")
@@ -75,21 +75,10 @@ def _train_fold(cv_dir: Path, config: Config, fold: int) -> None:
     run_dir = checkpoint.fold_dir(cv_dir, fold)
     if (run_dir / checkpoint.VALIDATION).is_file():
         return
-    where = f"fold {fold} of {config.folds}"
-    resume_line = f"continue the cv with: competition cv --resume {cv_dir}"
-    log.info("cv %s: %s", cv_dir.name, where)
-    try:
-        with parallel.stop_on_signals():  # a stop between two folds' trainings ends as cleanly as one inside
-            if (run_dir / checkpoint.LAST).is_file():
-                api.resume(run_dir)
-            else:  # not started, or stopped before its first save: start it (again)
-                api.fit(dataclasses.replace(config, fold=fold, extra={**config.extra, "cv": cv_dir.name}),
-                        run_dir=run_dir)
-    except (TrainingInterrupted, KeyboardInterrupt):
-        raise TrainingInterrupted(f"cv stopped in {where}; its finished epochs are saved in {run_dir}; "
-                                  f"{resume_line}") from None
-    except TrainingFailed as exc:
-        raise TrainingFailed(f"cv {where} failed: {str(exc).split('; continue with')[0]}; {resume_line}") from None
+    log.info("cv %s: fold %d of %d", cv_dir.name, fold, config.folds)
+    config = dataclasses.replace(config, fold=fold, extra={**config.extra, "cv": cv_dir.name})
+    api.train_to_end(run_dir, config, f"cv fold {fold} of {config.folds}",
+                     f"continue the cv with: competition cv --resume {cv_dir}")
 
 
 def finish_cv(cv_dir: Path) -> CvResult:

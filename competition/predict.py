@@ -1,6 +1,7 @@
 """Prediction: a run's model on an unlabeled test file, written as a contest submission."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -152,9 +153,10 @@ def probs_by_views(probs_of: Callable[[np.ndarray], np.ndarray], images: np.ndar
 
 def run_probs(run_dir: Path, images: np.ndarray, tta: int = 1) -> np.ndarray:
     """A run's probabilities (exported inference model, else dygraph), averaged over `tta` views (1, 2 or 6);
-    for a cv folder, the mean of its folds' (a K-fold ensemble)."""
-    if checkpoint.is_cv_dir(run_dir):
-        return np.mean([run_probs(fold, images, tta) for fold in checkpoint.fold_dirs(run_dir)], axis=0)
+    for a cv folder, the mean of its folds' (a K-fold ensemble); for an ensemble folder, of its members'."""
+    members = checkpoint.member_runs(run_dir)
+    if members != [Path(run_dir)]:
+        return np.mean([run_probs(member, images, tta) for member in members], axis=0)
     return probs_by_views(functools.partial(model_probs, Path(run_dir)), images, (tta,))[tta]
 
 
@@ -205,7 +207,7 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
     labels = ensemble_probs(runs, table.images, tta).argmax(1)
     frame = submission_frame(table, labels)
     write_submission(frame, out)
-    single = len(runs) == 1 and not checkpoint.is_cv_dir(runs[0])
+    single = len(runs) == 1 and checkpoint.member_runs(runs[0]) == runs
     val_acc = checkpoint.best_val_acc(runs[0]) if single else None
     stem = _archive_stem(runs, val_acc) + {1: "", 2: "-tta"}.get(tta, f"-tta{tta}")
     archived = archive_submission(out, Path(out).parent, stem)
@@ -222,7 +224,7 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
 def shared_validation(runs: list[Path], tta: int = 1) -> Optional[tuple[float, Optional[float], int]]:
     """An ensemble's accuracy on the validation rows its runs share (same rows, e.g. the same --val-size and
     --seed), from their validation.npz: (plain, with `tta` views, rows); None when the rows differ."""
-    found = [checkpoint.Validation.load(run) for run in runs]  # None for a cv folder: it has no validation.npz
+    found = [_validation(run) for run in runs]
     if any(v is None for v in found) or any(not np.array_equal(v.indices, found[0].indices) for v in found):
         return None
     labels = found[0].labels
@@ -234,9 +236,24 @@ def shared_validation(runs: list[Path], tta: int = 1) -> Optional[tuple[float, O
     return plain, tta_acc, len(labels)
 
 
+def _validation(run: Path) -> Optional[checkpoint.Validation]:
+    """A run's validation.npz; for an ensemble folder its members' probabilities averaged (they validate on
+    the same rows); None for a cv folder (no rows that all folds validate on) or without a split."""
+    members = checkpoint.member_runs(run) if checkpoint.is_ensemble_dir(run) else [run]
+    found = [checkpoint.Validation.load(member) for member in members]
+    if any(v is None for v in found) or any(not np.array_equal(v.indices, found[0].indices) for v in found):
+        return None
+    mean = lambda name: (None if getattr(found[0], name) is None  # noqa: E731
+                         else np.mean([getattr(v, name) for v in found], axis=0))
+    return dataclasses.replace(found[0], probs=mean("probs"), tta_probs=mean("tta_probs"),
+                               tta6_probs=mean("tta6_probs"))
+
+
 def _archive_stem(runs: list[Path], val_acc: Optional[float]) -> str:
     if len(runs) == 1 and checkpoint.is_cv_dir(runs[0]):
         return f"{runs[0].name}-{len(checkpoint.fold_dirs(runs[0]))}fold-ensemble"
+    if len(runs) == 1 and checkpoint.is_ensemble_dir(runs[0]):
+        return runs[0].name  # runs/<time>-ensemble-<preset>
     if len(runs) == 1:
         return f"{runs[0].name}-{'noval' if val_acc is None else f'val{val_acc:.4f}'}"
     digest = hashlib.sha1("\n".join(sorted(str(r.resolve()) for r in runs)).encode()).hexdigest()[:6]

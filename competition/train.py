@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import paddle
@@ -177,27 +177,46 @@ def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: pa
     metric = paddle.metric.Accuracy()
     total_loss, seen, losses = 0.0, 0, []
     steps = epoch_steps(loader, max_steps)
-    for x, y in loader:
-        if len(losses) == steps:
-            break
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        loss.backward()
-        optimizer.step()
-        optimizer.clear_grad()
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update()
-        metric.update(metric.compute(logits, y.unsqueeze(1)))
-        losses.append(float(loss))
-        total_loss += losses[-1] * len(y)
-        seen += len(y)
-        if progress is not None:
-            progress(*epoch, len(losses), steps, total_loss / seen)
+    with batches_of(loader) as batches:
+        for x, y in batches:
+            if len(losses) == steps:
+                break
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+            if scheduler is not None:
+                scheduler.step()
+            if ema is not None:
+                ema.update()
+            metric.update(metric.compute(logits, y.unsqueeze(1)))
+            losses.append(float(loss))
+            total_loss += losses[-1] * len(y)
+            seen += len(y)
+            if progress is not None:
+                progress(*epoch, len(losses), steps, total_loss / seen)
     metrics = {"loss": total_loss / seen, "acc": float(metric.accumulate()), "steps": float(len(losses)),
                "samples": float(seen)}
     return metrics, losses
+
+
+@contextlib.contextmanager
+def batches_of(loader: paddle.io.DataLoader) -> Iterator[Any]:
+    """Iterate a loader; its reader threads are shut down when the loop is left early (--max-steps, a stop).
+
+    paddle.io keeps the newest iterator alive in a module global, so one left mid-epoch keeps its reader
+    threads until interpreter exit. A process stopped by SIGINT once aborted there ("terminate called
+    without an active exception", exit -6 instead of 130, in the cv stop test under load); shutting the
+    iterator down here is meant to rule that out (the abort was not reproducible on demand).
+    """
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_try_shutdown_all", None)  # paddle.io's iterators; idempotent
+        if shutdown is not None:
+            shutdown()
 
 
 @paddle.no_grad()
@@ -206,11 +225,12 @@ def evaluate(model: nn.Layer, loader: paddle.io.DataLoader) -> dict[str, float]:
     model.eval()
     metric = paddle.metric.Accuracy()
     total_loss, seen = 0.0, 0
-    for x, y in loader:
-        logits = model(x)
-        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        metric.update(metric.compute(logits, y.unsqueeze(1)))
-        seen += len(y)
+    with batches_of(loader) as batches:
+        for x, y in batches:
+            logits = model(x)
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            metric.update(metric.compute(logits, y.unsqueeze(1)))
+            seen += len(y)
     return {"loss": total_loss / max(seen, 1), "acc": float(metric.accumulate()), "samples": float(seen)}
 
 

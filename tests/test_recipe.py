@@ -28,7 +28,7 @@ def test_each_preset_resolves_to_a_valid_configuration(name: str) -> None:
 
 
 def test_unknown_preset_is_refused() -> None:
-    with pytest.raises(CompetitionError, match="unknown preset 'fastest'; expected one of quick, default, best"):
+    with pytest.raises(CompetitionError, match="unknown preset 'fastest'; expected one of quick, default, resnet, airnet64, best"):
         from_preset("fastest")
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import gzip as gzip_module
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -29,6 +31,18 @@ def wait_for_first_epoch(proc: subprocess.Popen, runs: Path, summary_glob: str =
     deadline = time.monotonic() + 120
     while epochs_done(runs, summary_glob) < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def stop_after_first_epoch(args: list[str], runs: Path, summary_glob: str, timeout: float = 60) -> str:
+    """Run `competition ARGS` in a subprocess, SIGINT it once a run under `runs` has finished an epoch, and
+    return its stderr, asserting the clean stop (exit 130, no traceback)."""
+    proc = subprocess.Popen([sys.executable, "-m", "competition", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_first_epoch(proc, runs, summary_glob)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    return err
 
 
 def pixel_names(start: int = 1) -> list[str]:

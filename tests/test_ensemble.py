@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ from competition.cli import main
 from competition.config import ENSEMBLES, PRESETS, Config
 from competition.data import read_test_csv
 from competition.predict import run_probs
-from conftest import REPO, wait_for_first_epoch
+from conftest import stop_after_first_epoch
 
 
 def ensemble_args(real_data: dict, runs: Path) -> list[str]:
@@ -68,13 +65,8 @@ def test_predict_picks_the_ensemble_and_averages_its_members(finished_ensemble: 
 def test_ensemble_stopped_by_sigint_resumes_to_the_uninterrupted_result(finished_ensemble: Path, real_data: dict,
                                                                        tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    proc = subprocess.Popen([sys.executable, "-m", "competition", *ensemble_args(real_data, runs)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_first_epoch(proc, runs, "*/member1/summary.csv")
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    err = stop_after_first_epoch(ensemble_args(real_data, runs), runs, "*/member1/summary.csv", timeout=120)
     (ens_dir,) = runs.iterdir()
-    assert proc.returncode == 130 and "Traceback" not in err, err
     assert f"continue the ensemble with: competition train --resume {ens_dir}" in err
     assert main(["predict", "--run", str(ens_dir), "--test", str(real_data["test"])]) == 2  # not finished yet
     assert main(["train", "--resume", str(ens_dir)]) == 0

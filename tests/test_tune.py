@@ -1,7 +1,6 @@
 """competition tune: Optuna studies of run folders, continued after a stop, shared by concurrent processes."""
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from competition import tune
 from competition.cli import main
 from competition.config import Config
-from conftest import REPO, wait_for_first_epoch
+from conftest import REPO, stop_after_first_epoch
 
 
 def tune_args(real_data: dict, runs: Path, trials: int, epochs: int = 1) -> list[str]:
@@ -57,12 +56,7 @@ def test_a_study_stopped_and_started_again_keeps_every_trial_and_shows_them(real
                                                                            capsys) -> None:
     runs = tmp_path / "runs"
     args = tune_args(real_data, runs, trials=2, epochs=3)
-    proc = subprocess.Popen([sys.executable, "-m", "competition", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    wait_for_first_epoch(proc, runs, "tune-fc/*-trial1/summary.csv")
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    err = stop_after_first_epoch(args, runs, "tune-fc/*-trial1/summary.csv")
     assert "tune stopped in trial 1" in err and "run the same command again" in err
     assert main(args) == 0
     states = [t.state for t in _study(runs).get_trials()]

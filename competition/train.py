@@ -203,20 +203,22 @@ def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: pa
 
 @contextlib.contextmanager
 def batches_of(loader: paddle.io.DataLoader) -> Iterator[Any]:
-    """Iterate a loader; its reader threads are shut down when the loop is left early (--max-steps, a stop).
+    """Iterate a loader; its reader threads are shut down when a stop signal (or an error) leaves the loop.
 
     paddle.io keeps the newest iterator alive in a module global, so one left mid-epoch keeps its reader
     threads until interpreter exit. A process stopped by SIGINT once aborted there ("terminate called
     without an active exception", exit -6 instead of 130, in the cv stop test under load); shutting the
-    iterator down here is meant to rule that out (the abort was not reproducible on demand).
+    iterator down here is meant to rule that out (the abort was not reproducible on demand). Not after a
+    plain `break` (--max-steps): paddle's shutdown waits a whole second for the thread, every epoch.
     """
     batches = iter(loader)
     try:
         yield batches
-    finally:
+    except BaseException:
         shutdown = getattr(batches, "_try_shutdown_all", None)  # paddle.io's iterators; idempotent
         if shutdown is not None:
             shutdown()
+        raise
 
 
 @paddle.no_grad()

@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -358,13 +358,7 @@ def fold_dir(cv_dir: Path, fold: int) -> Path:
 
 def read_cv_record(cv_dir: Path) -> dict:
     """cv.json: {"config": the cv's configuration, then its figures once it has finished}."""
-    path = Path(cv_dir) / CV_JSON
-    try:
-        record = json.loads(path.read_text())
-        Config.from_dict(record["config"], source=path)
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
-        raise CompetitionError(f"{path}: cannot be read as a cv record ({exc}).") from None
-    return record
+    return _read_record(Path(cv_dir) / CV_JSON, "a cv record", lambda record: [record["config"]])
 
 
 def fold_dirs(cv_dir: Path) -> list[Path]:
@@ -390,13 +384,17 @@ def member_dir(ens_dir: Path, member: int) -> Path:
 
 def read_ensemble_record(ens_dir: Path) -> dict:
     """ensemble.json: {"preset", "members": their configurations, then "figures" once it has finished}."""
-    path = Path(ens_dir) / ENSEMBLE_JSON
+    return _read_record(Path(ens_dir) / ENSEMBLE_JSON, "an ensemble record", lambda record: record["members"])
+
+
+def _read_record(path: Path, what: str, configs: Callable[[dict], list]) -> dict:
+    """A cv's or an ensemble's JSON record, with its configurations (`configs` of it) checked."""
     try:
         record = json.loads(path.read_text())
-        for member in record["members"]:
-            Config.from_dict(member, source=path)
+        for values in configs(record):
+            Config.from_dict(values, source=path)
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
-        raise CompetitionError(f"{path}: cannot be read as an ensemble record ({exc}).") from None
+        raise CompetitionError(f"{path}: cannot be read as {what} ({exc}).") from None
     return record
 
 

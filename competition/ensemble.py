@@ -54,8 +54,8 @@ def run_ensemble(ens_dir: Path) -> EnsembleResult:
     ens_dir = Path(ens_dir)
     record = checkpoint.read_ensemble_record(ens_dir)
     configs = [Config.from_dict(values) for values in record["members"]]
-    for k, config in enumerate(configs, start=1):
-        run_dir = checkpoint.member_dir(ens_dir, k)
+    run_dirs = [checkpoint.member_dir(ens_dir, k) for k in range(1, len(configs) + 1)]
+    for k, (config, run_dir) in enumerate(zip(configs, run_dirs), start=1):
         if run_dir.name in record["finished"]:
             continue
         log.info("ensemble %s: member %d of %d (%s)", ens_dir.name, k, len(configs), config.preset)
@@ -64,18 +64,16 @@ def run_ensemble(ens_dir: Path) -> EnsembleResult:
                                   f"continue the ensemble with: competition train --resume {ens_dir}")
         record["finished"][run_dir.name] = {"preset": config.preset, "best_val_acc": result.best_val_acc}
         _write_record(ens_dir, record)
-    figures = _figures(ens_dir, len(configs))
+    figures = _figures(run_dirs)
     _write_record(ens_dir, {**record, "figures": figures})
-    return EnsembleResult(ens_dir, [run_result(checkpoint.member_dir(ens_dir, k)) for k in range(1, len(configs) + 1)],
-                          figures if figures.get("rows") else None)
+    return EnsembleResult(ens_dir, [run_result(run_dir) for run_dir in run_dirs], figures if figures.get("rows") else None)
 
 
-def _figures(ens_dir: Path, count: int) -> dict[str, Any]:
+def _figures(run_dirs: list[Path]) -> dict[str, Any]:
     """The average's accuracy on the members' shared validation rows: plain, flip and six views."""
-    runs = [checkpoint.member_dir(ens_dir, k) for k in range(1, count + 1)]
     figures: dict[str, Any] = {}
     for views, key in ((2, "acc_tta"), (6, "acc_tta6")):
-        shared = predict.shared_validation(runs, views)
+        shared = predict.shared_validation(run_dirs, views)
         if shared is None:
             return figures  # no validation split (or members that validated on other rows)
         figures["acc"], figures[key], figures["rows"] = shared

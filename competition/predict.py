@@ -224,27 +224,32 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
 def shared_validation(runs: list[Path], tta: int = 1) -> Optional[tuple[float, Optional[float], int]]:
     """An ensemble's accuracy on the validation rows its runs share (same rows, e.g. the same --val-size and
     --seed), from their validation.npz: (plain, with `tta` views, rows); None when the rows differ."""
-    found = [_validation(run) for run in runs]
-    if any(v is None for v in found) or any(not np.array_equal(v.indices, found[0].indices) for v in found):
+    average = _averaged([_validation(run) for run in runs])
+    if average is None:
         return None
-    labels = found[0].labels
-    views = {1: "probs", 2: "tta_probs", 6: "tta6_probs"}[tta]
-    with_views = [getattr(v, views) for v in found]
-    plain = float((np.mean([v.probs for v in found], axis=0).argmax(1) == labels).mean())
-    tta_acc = (None if tta == 1 or any(p is None for p in with_views)
-               else float((np.mean(with_views, axis=0).argmax(1) == labels).mean()))
-    return plain, tta_acc, len(labels)
+    accuracy = lambda probs: float((probs.argmax(1) == average.labels).mean())  # noqa: E731
+    with_views = {1: None, 2: average.tta_probs, 6: average.tta6_probs}[tta]
+    return accuracy(average.probs), None if with_views is None else accuracy(with_views), len(average.labels)
 
 
 def _validation(run: Path) -> Optional[checkpoint.Validation]:
-    """A run's validation.npz; for an ensemble folder its members' probabilities averaged (they validate on
-    the same rows); None for a cv folder (no rows that all folds validate on) or without a split."""
+    """A run's validation.npz; for an ensemble folder its members' averaged (they validate on the same
+    rows); None for a cv folder (no rows that all folds validate on) or without a split."""
     members = checkpoint.member_runs(run) if checkpoint.is_ensemble_dir(run) else [run]
-    found = [checkpoint.Validation.load(member) for member in members]
-    if any(v is None for v in found) or any(not np.array_equal(v.indices, found[0].indices) for v in found):
+    return _averaged([checkpoint.Validation.load(member) for member in members])
+
+
+def _averaged(found: list[Optional[checkpoint.Validation]]) -> Optional[checkpoint.Validation]:
+    """Validations of the same rows as one, their probabilities averaged (a view is None when one of them
+    lacks it); None when one is missing or the rows differ."""
+    if not found or any(v is None for v in found) or \
+            any(not np.array_equal(v.indices, found[0].indices) for v in found):
         return None
-    mean = lambda name: (None if getattr(found[0], name) is None  # noqa: E731
-                         else np.mean([getattr(v, name) for v in found], axis=0))
+
+    def mean(name: str) -> Optional[np.ndarray]:
+        values = [getattr(v, name) for v in found]
+        return None if any(value is None for value in values) else np.mean(values, axis=0)
+
     return dataclasses.replace(found[0], probs=mean("probs"), tta_probs=mean("tta_probs"),
                                tta6_probs=mean("tta6_probs"))
 

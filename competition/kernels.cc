@@ -9,6 +9,12 @@
 // dilation, no groups, no bias (every conv here feeds a BatchNorm). With bf16 the primitives read
 // bfloat16 copies of their inputs (X, W, the output gradient) and sum in float32 into float32
 // outputs: on CPUs with AVX512-BF16 a resnet training step took 292 ms instead of 468 ms.
+//
+// blocked: in training, activations with a multiple of 16 channels pass between these kernels in
+// oneDNN's nChw16c layout (16 channels innermost; as many floats as NCHW, so Paddle's element-wise
+// ReLU, GELU and add work on them unchanged) instead of being reordered to NCHW and back around
+// every op. Reorders were 31% of oneDNN's time in a resnet 32x2 step (ONEDNN_VERBOSE, 2026-11-30).
+// onednn_batch_norm and max_pool2x2 take that layout too; onednn_to_plain turns it back to NCHW.
 #include <map>
 #include <memory>
 #include <mutex>
@@ -27,6 +33,11 @@ namespace {
 // Output rows (or columns) of a convolution: no dilation, symmetric padding.
 int64_t out_size(int64_t in, int64_t kernel, int stride, int pad) { return (in + 2 * pad - kernel) / stride + 1; }
 
+// How an activation with `channels` channels is laid out: nChw16c in the blocked training path when the
+// channels fill whole blocks of 16 (the same size as NCHW), NCHW otherwise.
+bool is_blocked(int64_t channels, bool blocked) { return blocked && channels % 16 == 0; }
+tag layout(int64_t channels, bool blocked) { return is_blocked(channels, blocked) ? tag::nChw16c : tag::nchw; }
+
 dnnl::engine& cpu_engine() {
   static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   return eng;
@@ -42,21 +53,22 @@ struct Conv {
   dnnl::convolution_backward_weights bwd_wei;
 };
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool>;
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool, bool>;
 
-Conv& get_conv(const std::vector<int64_t>& x, const std::vector<int64_t>& w, int stride, int pad, bool bf16) {
+Conv& get_conv(const std::vector<int64_t>& x, const std::vector<int64_t>& w, int stride, int pad, bool bf16,
+               bool blocked) {
   static std::map<Key, std::unique_ptr<Conv>> cache;
   static std::mutex lock;
   std::lock_guard<std::mutex> guard(lock);
-  Key key{x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride, pad, bf16};
+  Key key{x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride, pad, bf16, blocked};
   auto found = cache.find(key);
   if (found != cache.end()) return *found->second;
   auto& eng = cpu_engine();
   int64_t oh = out_size(x[2], w[2], stride, pad), ow = out_size(x[3], w[3], stride, pad);
   auto c = std::make_unique<Conv>();
-  c->src = memory::desc({x[0], x[1], x[2], x[3]}, dt::f32, tag::nchw);
+  c->src = memory::desc({x[0], x[1], x[2], x[3]}, dt::f32, layout(x[1], blocked));
   c->wei = memory::desc({w[0], w[1], w[2], w[3]}, dt::f32, tag::oihw);
-  c->dst = memory::desc({x[0], w[0], oh, ow}, dt::f32, tag::nchw);
+  c->dst = memory::desc({x[0], w[0], oh, ow}, dt::f32, layout(w[0], blocked));
   memory::dims strides{stride, stride}, pads{pad, pad};
   // `any` lets oneDNN pick its blocked layouts: plain NCHW primitives measured ~16x slower.
   auto any = [](const memory::desc& md, dt type) { return memory::desc(md.get_dims(), type, tag::any); };
@@ -99,9 +111,9 @@ float* ptr(const paddle::Tensor& t) { return const_cast<float*>(t.data<float>())
 }  // namespace
 
 std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle::Tensor& w_in, int stride, int padding,
-                                        bool, bool bf16) {
+                                        bool, bool bf16, bool blocked) {
   auto x = x_in.contiguous(), w = w_in.contiguous();
-  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16);
+  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked);
   auto dims = c.dst.get_dims();
   auto out = paddle::empty({dims[0], dims[1], dims[2], dims[3]}, paddle::DataType::FLOAT32, paddle::CPUPlace());
   auto& eng = cpu_engine();
@@ -118,9 +130,9 @@ std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle
 
 std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddle::Tensor& w_in,
                                          const paddle::Tensor& dout_in, int stride, int padding, bool need_dx,
-                                         bool bf16) {
+                                         bool bf16, bool blocked) {
   auto x = x_in.contiguous(), w = w_in.contiguous(), dout = dout_in.contiguous();
-  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16);
+  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked);
   auto& eng = cpu_engine();
   dnnl::stream s(eng);
   auto dx = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
@@ -145,7 +157,7 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddl
 }
 
 std::vector<std::vector<int64_t>> ConvInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
-                                                 int stride, int padding, bool, bool) {
+                                                 int stride, int padding, bool, bool, bool) {
   return {{x[0], w[0], out_size(x[2], w[2], stride, padding), out_size(x[3], w[3], stride, padding)}};
 }
 
@@ -154,7 +166,7 @@ std::vector<paddle::DataType> ConvInferDtype(const paddle::DataType& x, const pa
 PD_BUILD_OP(onednn_conv2d)
     .Inputs({"X", "W"})
     .Outputs({"Out"})
-    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool"})
+    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "blocked: bool"})
     .SetKernelFn(PD_KERNEL(ConvForward))
     .SetInferShapeFn(PD_INFER_SHAPE(ConvInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(ConvInferDtype));
@@ -162,34 +174,49 @@ PD_BUILD_OP(onednn_conv2d)
 PD_BUILD_GRAD_OP(onednn_conv2d)
     .Inputs({"X", "W", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X"), paddle::Grad("W")})
-    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool"})
+    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "blocked: bool"})
     .SetKernelFn(PD_KERNEL(ConvBackward));
 
-// 2x2 max pooling with stride 2 (floor), NCHW float32. Paddle's CPU pool2d_grad took ~15% of a
-// cnn step once the convs ran through oneDNN; forward + backward of a 128x16x28x28 batch (with a
-// sum and its gradient) measured 7.6 ms with these loops against 11.6 ms with Paddle's pool2d.
-// Forward also returns which of the four inputs won (0..3, the first on ties, as Paddle does).
-std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x_in) {
+// 2x2 max pooling with stride 2 (floor), NCHW float32, or nChw16c when `blocked` (see above). Paddle's
+// CPU pool2d_grad took ~15% of a cnn step once the convs ran through oneDNN; forward + backward of a
+// 128x16x28x28 batch (with a sum and its gradient) measured 7.6 ms with these loops against 11.6 ms
+// with Paddle's pool2d. Forward also returns which of the four inputs won (0..3, the first on ties, as
+// Paddle does). Both layouts are planes of h x w pixels of `lanes` floats: 1 channel, or a block of 16.
+namespace {
+struct Planes {
+  int64_t planes, h, w, lanes;
+};
+
+Planes planes_of(const std::vector<int64_t>& shape, bool blocked) {
+  int64_t lanes = is_blocked(shape[1], blocked) ? 16 : 1;
+  return {shape[0] * shape[1] / lanes, shape[2], shape[3], lanes};
+}
+}  // namespace
+
+std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x_in, bool blocked) {
   auto x = x_in.contiguous();
   auto shape = x.shape();
-  int64_t planes = shape[0] * shape[1], h = shape[2], w = shape[3], oh = h / 2, ow = w / 2;
+  auto [planes, h, w, lanes] = planes_of(shape, blocked);
+  int64_t oh = h / 2, ow = w / 2, row = w * lanes;
   auto out = paddle::empty({shape[0], shape[1], oh, ow}, paddle::DataType::FLOAT32, paddle::CPUPlace());
   auto arg = paddle::empty({shape[0], shape[1], oh, ow}, paddle::DataType::UINT8, paddle::CPUPlace());
   const float* src = x.data<float>();
   float* dst = out.data<float>();
   uint8_t* won = arg.data<uint8_t>();
   for (int64_t c = 0; c < planes; ++c) {
-    const float* plane = src + c * h * w;
+    const float* plane = src + c * h * row;
     for (int64_t i = 0; i < oh; ++i) {
-      for (int64_t j = 0; j < ow; ++j, ++dst, ++won) {
-        const float* p = plane + 2 * i * w + 2 * j;
-        float best = p[0];
-        uint8_t k = 0;
-        if (p[1] > best) best = p[1], k = 1;
-        if (p[w] > best) best = p[w], k = 2;
-        if (p[w + 1] > best) best = p[w + 1], k = 3;
-        *dst = best;
-        *won = k;
+      for (int64_t j = 0; j < ow; ++j) {
+        for (int64_t l = 0; l < lanes; ++l, ++dst, ++won) {
+          const float* p = plane + 2 * i * row + 2 * j * lanes + l;
+          float best = p[0];
+          uint8_t k = 0;
+          if (p[lanes] > best) best = p[lanes], k = 1;
+          if (p[row] > best) best = p[row], k = 2;
+          if (p[row + lanes] > best) best = p[row + lanes], k = 3;
+          *dst = best;
+          *won = k;
+        }
       }
     }
   }
@@ -197,26 +224,29 @@ std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x_in) {
 }
 
 std::vector<paddle::Tensor> MaxPoolBackward(const paddle::Tensor& x, const paddle::Tensor& arg_in,
-                                            const paddle::Tensor& dout_in) {
+                                            const paddle::Tensor& dout_in, bool blocked) {
   auto arg = arg_in.contiguous(), dout = dout_in.contiguous();
   auto shape = x.shape();
-  int64_t planes = shape[0] * shape[1], h = shape[2], w = shape[3], oh = h / 2, ow = w / 2;
+  auto [planes, h, w, lanes] = planes_of(shape, blocked);
+  int64_t oh = h / 2, ow = w / 2, row = w * lanes;
   auto dx = paddle::zeros(shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
   const float* grad = dout.data<float>();
   const uint8_t* won = arg.data<uint8_t>();
   float* out = dx.data<float>();
   for (int64_t c = 0; c < planes; ++c) {
-    float* plane = out + c * h * w;
+    float* plane = out + c * h * row;
     for (int64_t i = 0; i < oh; ++i) {
-      for (int64_t j = 0; j < ow; ++j, ++grad, ++won) {
-        plane[(2 * i + (*won >> 1)) * w + 2 * j + (*won & 1)] = *grad;
+      for (int64_t j = 0; j < ow; ++j) {
+        for (int64_t l = 0; l < lanes; ++l, ++grad, ++won) {
+          plane[(2 * i + (*won >> 1)) * row + (2 * j + (*won & 1)) * lanes + l] = *grad;
+        }
       }
     }
   }
   return {dx};
 }
 
-std::vector<std::vector<int64_t>> MaxPoolInferShape(const std::vector<int64_t>& x) {
+std::vector<std::vector<int64_t>> MaxPoolInferShape(const std::vector<int64_t>& x, bool) {
   std::vector<int64_t> out{x[0], x[1], x[2] / 2, x[3] / 2};
   return {out, out};
 }
@@ -226,6 +256,7 @@ std::vector<paddle::DataType> MaxPoolInferDtype(const paddle::DataType& x) { ret
 PD_BUILD_OP(max_pool2x2)
     .Inputs({"X"})
     .Outputs({"Out", "Arg"})
+    .Attrs({"blocked: bool"})
     .SetKernelFn(PD_KERNEL(MaxPoolForward))
     .SetInferShapeFn(PD_INFER_SHAPE(MaxPoolInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(MaxPoolInferDtype));
@@ -233,4 +264,127 @@ PD_BUILD_OP(max_pool2x2)
 PD_BUILD_GRAD_OP(max_pool2x2)
     .Inputs({"X", "Arg", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X")})
+    .Attrs({"blocked: bool"})
     .SetKernelFn(PD_KERNEL(MaxPoolBackward));
+
+// Batch normalization in training (batch statistics), through oneDNN in either layout: returns the
+// normalized output and the batch's mean and biased variance, which the caller folds into its running
+// statistics as Paddle's BatchNorm does. Needed for the blocked layout, which Paddle's kernel cannot read.
+namespace {
+struct Norm {
+  memory::desc data, stat;
+  dnnl::batch_normalization_forward::primitive_desc fwd_pd;
+  dnnl::batch_normalization_backward::primitive_desc bwd_pd;
+  dnnl::batch_normalization_forward fwd;
+  dnnl::batch_normalization_backward bwd;
+};
+
+Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float, bool>, std::unique_ptr<Norm>> cache;
+  static std::mutex lock;
+  std::lock_guard<std::mutex> guard(lock);
+  auto key = std::make_tuple(x[0], x[1], x[2], x[3], eps, blocked);
+  auto found = cache.find(key);
+  if (found != cache.end()) return *found->second;
+  auto& eng = cpu_engine();
+  auto n = std::make_unique<Norm>();
+  n->data = memory::desc({x[0], x[1], x[2], x[3]}, dt::f32, layout(x[1], blocked));
+  n->stat = memory::desc({x[1]}, dt::f32, tag::x);
+  auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+  n->fwd_pd = dnnl::batch_normalization_forward::primitive_desc(eng, dnnl::prop_kind::forward_training, n->data,
+                                                                n->data, eps, flags);
+  n->bwd_pd = dnnl::batch_normalization_backward::primitive_desc(eng, dnnl::prop_kind::backward, n->data, n->data,
+                                                                 n->data, eps, flags, n->fwd_pd);
+  n->fwd = dnnl::batch_normalization_forward(n->fwd_pd);
+  n->bwd = dnnl::batch_normalization_backward(n->bwd_pd);
+  return *cache.emplace(key, std::move(n)).first->second;
+}
+
+memory wrap(const memory::desc& md, const paddle::Tensor& t) { return memory(md, cpu_engine(), ptr(t)); }
+
+paddle::Tensor empty_like(const std::vector<int64_t>& shape) {
+  return paddle::empty(shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
+}
+}  // namespace
+
+std::vector<paddle::Tensor> NormForward(const paddle::Tensor& x_in, const paddle::Tensor& scale,
+                                        const paddle::Tensor& shift, float eps, bool blocked) {
+  auto x = x_in.contiguous();
+  Norm& n = get_norm(x.shape(), eps, blocked);
+  auto out = empty_like(x.shape()), mean = empty_like({x.shape()[1]}), var = empty_like({x.shape()[1]});
+  dnnl::stream s(cpu_engine());
+  n.fwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DST, wrap(n.data, out)},
+                    {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_SHIFT, wrap(n.stat, shift)},
+                    {DNNL_ARG_MEAN, wrap(n.stat, mean)}, {DNNL_ARG_VARIANCE, wrap(n.stat, var)}});
+  s.wait();
+  return {out, mean, var};
+}
+
+std::vector<paddle::Tensor> NormBackward(const paddle::Tensor& x_in, const paddle::Tensor& scale,
+                                         const paddle::Tensor& mean, const paddle::Tensor& var,
+                                         const paddle::Tensor& dout_in, float eps, bool blocked) {
+  auto x = x_in.contiguous(), dout = dout_in.contiguous();
+  Norm& n = get_norm(x.shape(), eps, blocked);
+  auto dx = empty_like(x.shape()), dscale = empty_like({x.shape()[1]}), dshift = empty_like({x.shape()[1]});
+  dnnl::stream s(cpu_engine());
+  n.bwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DIFF_DST, wrap(n.data, dout)},
+                    {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_MEAN, wrap(n.stat, mean)},
+                    {DNNL_ARG_VARIANCE, wrap(n.stat, var)}, {DNNL_ARG_DIFF_SRC, wrap(n.data, dx)},
+                    {DNNL_ARG_DIFF_SCALE, wrap(n.stat, dscale)}, {DNNL_ARG_DIFF_SHIFT, wrap(n.stat, dshift)}});
+  s.wait();
+  return {dx, dscale, dshift};
+}
+
+std::vector<std::vector<int64_t>> NormInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>&,
+                                                 const std::vector<int64_t>&, float, bool) {
+  return {x, {x[1]}, {x[1]}};
+}
+
+std::vector<paddle::DataType> NormInferDtype(const paddle::DataType& x, const paddle::DataType&,
+                                             const paddle::DataType&) {
+  return {x, x, x};
+}
+
+PD_BUILD_OP(onednn_batch_norm)
+    .Inputs({"X", "Scale", "Shift"})
+    .Outputs({"Out", "Mean", "Var"})
+    .Attrs({"eps: float", "blocked: bool"})
+    .SetKernelFn(PD_KERNEL(NormForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(NormInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(NormInferDtype));
+
+PD_BUILD_GRAD_OP(onednn_batch_norm)
+    .Inputs({"X", "Scale", "Mean", "Var", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Scale"), paddle::Grad("Shift")})
+    .Attrs({"eps: float", "blocked: bool"})
+    .SetKernelFn(PD_KERNEL(NormBackward));
+
+// A blocked activation (nChw16c) as NCHW, for the Paddle ops that read channels (pooling heads, flatten);
+// its gradient goes the other way.
+namespace {
+paddle::Tensor relayout(const paddle::Tensor& x_in, tag from, tag to) {
+  auto x = x_in.contiguous();
+  auto shape = x.shape();
+  auto out = empty_like(shape);
+  memory::dims dims{shape[0], shape[1], shape[2], shape[3]};
+  memory src(memory::desc(dims, dt::f32, from), cpu_engine(), ptr(x));
+  memory dst(memory::desc(dims, dt::f32, to), cpu_engine(), out.data<float>());
+  dnnl::stream s(cpu_engine());
+  dnnl::reorder(src, dst).execute(s, src, dst);
+  s.wait();
+  return out;
+}
+}  // namespace
+
+std::vector<paddle::Tensor> ToPlainForward(const paddle::Tensor& x) { return {relayout(x, tag::nChw16c, tag::nchw)}; }
+
+std::vector<paddle::Tensor> ToPlainBackward(const paddle::Tensor& dout) {
+  return {relayout(dout, tag::nchw, tag::nChw16c)};
+}
+
+PD_BUILD_OP(onednn_to_plain).Inputs({"X"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(ToPlainForward));
+
+PD_BUILD_GRAD_OP(onednn_to_plain)
+    .Inputs({paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X")})
+    .SetKernelFn(PD_KERNEL(ToPlainBackward));

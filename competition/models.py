@@ -19,6 +19,18 @@ def _kernel_input(x: paddle.Tensor) -> bool:
     return paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32 and x.ndim == 4
 
 
+def _blocked(layer: nn.Layer, x: paddle.Tensor) -> bool:
+    """Whether `layer` trains in the kernels' blocked layout (CpuKernels.blocked). Every layer of a model
+    decides alike (same kernels, mode and gradient switch), so activations stay blocked between them."""
+    kernels: Optional[CpuKernels] = getattr(layer, "_kernels", None)
+    return kernels is not None and layer.training and kernels.training_layout() and _kernel_input(x)
+
+
+def _as_plain(layer: nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
+    """`x` in NCHW for a Paddle op that reads channels: a blocked training activation is turned back."""
+    return layer._kernels.to_plain(x) if _blocked(layer, x) else x
+
+
 class Conv2D(nn.Conv2D):
     """paddle.nn.Conv2D whose CPU training runs the oneDNN kernel when built with `kernels`.
 
@@ -37,7 +49,7 @@ class Conv2D(nn.Conv2D):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """The convolution; through oneDNN in dynamic mode on the CPU when enabled."""
         if self._onednn and _kernel_input(x):
-            return self._kernels.conv2d(x, self.weight, self._stride[0], self._updated_padding[0])
+            return self._kernels.conv2d(x, self.weight, self._stride[0], self._updated_padding[0], _blocked(self, x))
         return super().forward(x)
 
 
@@ -54,8 +66,55 @@ class MaxPool2D(nn.MaxPool2D):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """The pooling; through the kernel in dynamic mode on the CPU when enabled."""
         if self._plain and _kernel_input(x):
-            return self._kernels.max_pool2x2(x)
-        return super().forward(x)
+            return self._kernels.max_pool2x2(x, _blocked(self, x))
+        return super().forward(_as_plain(self, x))
+
+
+class BatchNorm2D(nn.BatchNorm2D):
+    """paddle.nn.BatchNorm2D that trains through the kernels' batch norm in their blocked layout.
+
+    Same parameters, running statistics and checkpoints; evaluation and exports run Paddle's op.
+    """
+
+    def __init__(self, *args: object, kernels: Optional[CpuKernels] = None, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self._kernels = kernels
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """Normalize by the batch's statistics and fold them into the running ones, as Paddle's does."""
+        if not (_blocked(self, x) and self._data_format == "NCHW" and not self._use_global_stats
+                and self.weight is not None and self.bias is not None):
+            return super().forward(x)
+        out, mean, variance = self._kernels.batch_norm(x, self.weight, self.bias, self._epsilon, True)
+        with paddle.no_grad():
+            # Paddle's momentum is the share of the old statistics kept; its variance is the biased one.
+            paddle.assign(self._mean * self._momentum + mean * (1 - self._momentum), self._mean)
+            paddle.assign(self._variance * self._momentum + variance * (1 - self._momentum), self._variance)
+        return out
+
+
+class AdaptiveAvgPool2D(nn.AdaptiveAvgPool2D):
+    """paddle.nn.AdaptiveAvgPool2D that reads the kernels' blocked training activations."""
+
+    def __init__(self, *args: object, kernels: Optional[CpuKernels] = None, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self._kernels = kernels
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """The pooling, on NCHW."""
+        return super().forward(_as_plain(self, x))
+
+
+class Flatten(nn.Flatten):
+    """paddle.nn.Flatten that reads the kernels' blocked training activations."""
+
+    def __init__(self, *args: object, kernels: Optional[CpuKernels] = None, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self._kernels = kernels
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """The flattening, of NCHW."""
+        return super().forward(_as_plain(self, x))
 
 
 def build_fc() -> nn.Layer:
@@ -91,8 +150,8 @@ def build_cnn(width: int = 16, hidden: int = 0, kernels: Optional[CpuKernels] = 
 
     def block(c_in: int, c_out: int, k: int, pad: int = 0) -> list[nn.Layer]:
         # BatchNorm's shift makes a conv bias redundant; dropping it saves ~29% of a CPU step.
-        return [Conv2D(c_in, c_out, k, padding=pad, bias_attr=False, kernels=kernels), nn.BatchNorm2D(c_out),
-                nn.ReLU()]
+        return [Conv2D(c_in, c_out, k, padding=pad, bias_attr=False, kernels=kernels),
+                BatchNorm2D(c_out, kernels=kernels), nn.ReLU()]
 
     # A hidden layer is cheap capacity on a CPU: 1600x256 multiply-adds next to the convs' 2.8M.
     head = [nn.Linear(100 * width, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES)] if hidden else \
@@ -103,7 +162,7 @@ def build_cnn(width: int = 16, hidden: int = 0, kernels: Optional[CpuKernels] = 
         *block(width, 2 * width, 3),
         *block(2 * width, 4 * width, 3),
         MaxPool2D(2, kernels=kernels),
-        nn.Flatten(),
+        Flatten(kernels=kernels),
         *head,
     )
 
@@ -122,15 +181,15 @@ class BasicBlock(nn.Layer):
     def __init__(self, c_in: int, c_out: int, stride: int = 1, kernels: Optional[CpuKernels] = None):
         super().__init__()
         self.conv1 = Conv2D(c_in, c_out, 3, stride=stride, padding=1, bias_attr=False, kernels=kernels)
-        self.bn1 = nn.BatchNorm2D(c_out)
+        self.bn1 = BatchNorm2D(c_out, kernels=kernels)
         self.conv2 = Conv2D(c_out, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
-        self.bn2 = nn.BatchNorm2D(c_out)
+        self.bn2 = BatchNorm2D(c_out, kernels=kernels)
         self.relu = nn.ReLU()
         # Identity as a layer, not an `if` in forward(): the graph stays the same for paddle.jit.save.
         self.shortcut: nn.Layer = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(Conv2D(c_in, c_out, 1, stride=stride, bias_attr=False, kernels=kernels),
-                                          nn.BatchNorm2D(c_out))
+                                          BatchNorm2D(c_out, kernels=kernels))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
@@ -143,14 +202,14 @@ def build_resnet(width: int = 32, depth: int = 2, kernels: Optional[CpuKernels] 
     _check_sizes("resnet", width=width, depth=depth)
     # No conv bias anywhere: each conv feeds a BatchNorm, whose shift replaces it.
     layers: list[nn.Layer] = [Conv2D(1, width, 3, padding=1, bias_attr=False, kernels=kernels),
-                              nn.BatchNorm2D(width), nn.ReLU()]
+                              BatchNorm2D(width, kernels=kernels), nn.ReLU()]
     c_in = width
     for stage, c_out in enumerate((width, 2 * width, 4 * width)):
         for block in range(depth):
             stride = 2 if stage > 0 and block == 0 else 1
             layers.append(BasicBlock(c_in, c_out, stride, kernels))
             c_in = c_out
-    layers += [nn.AdaptiveAvgPool2D(1), nn.Flatten(), nn.Linear(c_in, N_CLASSES)]
+    layers += [AdaptiveAvgPool2D(1, kernels=kernels), nn.Flatten(), nn.Linear(c_in, N_CLASSES)]
     return nn.Sequential(*layers)
 
 
@@ -209,18 +268,20 @@ def build_airnet(width: int = 64, kernels: Optional[CpuKernels] = None) -> nn.La
         first = Conv2D(c_in, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
         second = Conv2D(c_out, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
         _identity_init(first), _identity_init(second)
-        return [first, MaxPool2D(2, kernels=kernels), _norm(c_out), nn.GELU(), second, _norm(c_out), nn.GELU()]
+        return [first, MaxPool2D(2, kernels=kernels), _norm(c_out, kernels), nn.GELU(), second, _norm(c_out, kernels),
+                nn.GELU()]
 
     return nn.Sequential(Whitening(), nn.GELU(), *group(8, width), *group(width, 4 * width),
-                         *group(4 * width, 4 * width), nn.MaxPool2D(3), nn.Flatten(),
+                         *group(4 * width, 4 * width), MaxPool2D(3, kernels=kernels), nn.Flatten(),
                          nn.Linear(4 * width, N_CLASSES, bias_attr=False), Scale(1 / 9))
 
 
-def _norm(channels: int) -> nn.BatchNorm2D:
+def _norm(channels: int, kernels: Optional[CpuKernels]) -> BatchNorm2D:
     # Paddle's momentum is the share of the old statistics kept (PyTorch's 0.6 is Paddle's 0.4).
     # The scale stays 1 through a learning rate of 0. Not weight_attr=False: paddle.jit.save cannot export a
     # BatchNorm without a scale; not trainable=False: Paddle 3.3 then computes no gradient for the shift either.
-    return nn.BatchNorm2D(channels, momentum=0.4, epsilon=1e-12, weight_attr=paddle.ParamAttr(learning_rate=0.0))
+    return BatchNorm2D(channels, momentum=0.4, epsilon=1e-12, weight_attr=paddle.ParamAttr(learning_rate=0.0),
+                       kernels=kernels)
 
 
 def fit_to_data(model: nn.Layer, images: np.ndarray) -> None:

@@ -118,4 +118,5 @@ def apply(runtime: Runtime) -> Optional[CpuKernels]:
         paddle.set_device("cpu")
     if runtime.kernels == "onednn":
         kernels.load()  # now, not inside the first forward pass (whose output paddle.summary captures)
+        kernels.keep_freed_memory()
     return runtime.cpu_kernels()

@@ -71,20 +71,96 @@ def test_input_gradient_is_skipped_for_images(onednn) -> None:
     assert x.grad is None and w.grad is not None
 
 
-@pytest.mark.parametrize("model", ["cnn", "resnet"])
-def test_models_get_the_same_gradients_either_way(model: str) -> None:
+# resnet width 8 keeps every activation in NCHW (no whole block of 16 channels); the others train in
+# the blocked layout from their first conv on, through every kind of layer that reads channels.
+MODELS = [("cnn", {}), ("resnet", {"width": 8, "depth": 1}), ("resnet", {"width": 16, "depth": 1}),
+          ("airnet", {"width": 16})]
+
+
+@pytest.mark.parametrize("model, options", MODELS, ids=str)
+def test_models_train_the_same_either_way(model: str, options: dict) -> None:
     paddle.set_device("cpu")
     x = paddle.rand([8, 1, 28, 28])
     y = paddle.randint(0, 10, [8])
-    grads = []
-    for choice in (ONEDNN, None):
+    results = []
+    for choice in (ONEDNN, kernels.CpuKernels(blocked=False), None):
         paddle.seed(0)
-        net = build_model(model, choice, **({"width": 8, "depth": 1} if model == "resnet" else {}))
-        F.cross_entropy(net(x), y).backward()
-        grads.append({name: p.grad.numpy() for name, p in net.named_parameters() if not p.stop_gradient})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-4, err_msg=name)
+        net = build_model(model, choice, **options)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        grads = {name: p.grad.numpy() for name, p in net.named_parameters() if not p.stop_gradient}
+        statistics = {name: value.numpy() for name, value in net.state_dict().items()
+                      if name.endswith(("_mean", "_variance"))}
+        results.append((float(loss), grads, statistics))
+    for loss, grads, statistics in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-5)
+        assert grads.keys() == results[0][1].keys() and statistics.keys() == results[0][2].keys()
+        for name in grads:
+            np.testing.assert_allclose(results[0][1][name], grads[name], rtol=1e-3, atol=1e-4, err_msg=name)
+        for name in statistics:  # the running statistics moved as Paddle's BatchNorm moves them
+            np.testing.assert_allclose(results[0][2][name], statistics[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def blocked(x: np.ndarray) -> np.ndarray:
+    """NCHW as oneDNN's nChw16c (channels in blocks of 16, innermost), in an array of the same shape."""
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c // 16, 16, h, w).transpose(0, 1, 3, 4, 2)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 28, 28), (3, 16, 13, 9)], ids=str)
+def test_blocked_pooling_and_norm_match_paddles_on_the_same_values(onednn, shape) -> None:
+    paddle.seed(2)
+    x = paddle.randn(shape) * 3 + 1
+    scale, shift = paddle.rand([shape[1]]) + 0.5, paddle.randn([shape[1]])
+    ops = [(lambda t, b: ONEDNN.max_pool2x2(t, b), lambda t: F.max_pool2d(t, 2)),
+           (lambda t, b: ONEDNN.batch_norm(t, scale, shift, 1e-5, b)[0],
+            lambda t: F.batch_norm(t, paddle.zeros([shape[1]]), paddle.ones([shape[1]]), scale, shift,
+                                   training=True, epsilon=1e-5))]
+    for ours, paddles in ops:
+        results, upstream = [], paddle.randn(paddles(x).shape)
+        for run, layout in ((lambda t: ours(t, True), blocked), (lambda t: ours(t, False), lambda a: a),
+                            (paddles, lambda a: a)):
+            t = paddle.to_tensor(layout(x.numpy()), stop_gradient=False)
+            y = run(t)
+            (y * paddle.to_tensor(layout(upstream.numpy()))).sum().backward()
+            results.append([y.numpy(), t.grad.numpy()])
+        for a, b in zip(results[0], results[2]):
+            np.testing.assert_allclose(a, blocked(b), rtol=1e-4, atol=1e-4)
+        for a, b in zip(results[1], results[2]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_norm_returns_the_batch_mean_and_biased_variance(onednn) -> None:
+    values = np.random.default_rng(5).normal(3, 2, (4, 32, 5, 5)).astype(np.float32)
+    for layout, is_blocked in ((blocked, True), (lambda a: a, False)):
+        x = paddle.to_tensor(layout(values))
+        _, mean, variance = ONEDNN.batch_norm(x, paddle.ones([32]), paddle.zeros([32]), 1e-5, is_blocked)
+        np.testing.assert_allclose(mean.numpy(), values.mean((0, 2, 3)), rtol=1e-5)  # one per channel
+        np.testing.assert_allclose(variance.numpy(), values.var((0, 2, 3)), rtol=1e-4)
+
+
+def test_to_plain_turns_blocked_values_back_and_its_gradient_forth(onednn) -> None:
+    x = np.random.default_rng(3).standard_normal((2, 32, 6, 7)).astype(np.float32)
+    t = paddle.to_tensor(blocked(x), stop_gradient=False)
+    upstream = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)
+    out = ONEDNN.to_plain(t)
+    (out * paddle.to_tensor(upstream)).sum().backward()
+    np.testing.assert_array_equal(out.numpy(), x)
+    np.testing.assert_array_equal(t.grad.numpy(), blocked(upstream))
+    odd = paddle.randn([2, 8, 3, 3])  # no whole block of 16 channels: never blocked, left as it is
+    assert ONEDNN.to_plain(odd) is odd
+
+
+def test_evaluation_and_no_grad_stay_in_nchw(onednn) -> None:
+    paddle.seed(0)
+    net = build_model("resnet", ONEDNN, width=16, depth=1)
+    reference = build_model("resnet", None, width=16, depth=1)
+    reference.set_state_dict(net.state_dict())
+    x = paddle.rand([4, 1, 28, 28])
+    for mode in ("eval", "train"):
+        getattr(net, mode)(), getattr(reference, mode)()
+        with paddle.no_grad():
+            np.testing.assert_allclose(net(x).numpy(), reference(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("model, options", [("cnn", {"hidden": 32}), ("resnet", {"width": 8, "depth": 1})])

@@ -15,12 +15,10 @@
 // ReLU, GELU and add work on them unchanged) instead of being reordered to NCHW and back around
 // every op. Reorders were 31% of oneDNN's time in a resnet 32x2 step (ONEDNN_VERBOSE, 2026-11-30).
 // onednn_batch_norm and max_pool2x2 take that layout too; onednn_to_plain turns it back to NCHW.
-#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
-#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -272,8 +270,6 @@ PD_BUILD_GRAD_OP(max_pool2x2)
 // Batch normalization in training (batch statistics), through oneDNN in either layout: returns the
 // normalized output and the batch's mean and biased variance, which the caller folds into its running
 // statistics as Paddle's BatchNorm does. Needed for the blocked layout, which Paddle's kernel cannot read.
-// With `relu` the output is relu(norm(x)) in the same pass (oneDNN's fuse_norm_relu; the workspace
-// remembers which outputs were positive, for the backward pass) instead of a separate Paddle ReLU.
 namespace {
 struct Norm {
   memory::desc data, stat;
@@ -283,11 +279,11 @@ struct Norm {
   dnnl::batch_normalization_backward bwd;
 };
 
-Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked, bool relu) {
-  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float, bool, bool>, std::unique_ptr<Norm>> cache;
+Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float, bool>, std::unique_ptr<Norm>> cache;
   static std::mutex lock;
   std::lock_guard<std::mutex> guard(lock);
-  auto key = std::make_tuple(x[0], x[1], x[2], x[3], eps, blocked, relu);
+  auto key = std::make_tuple(x[0], x[1], x[2], x[3], eps, blocked);
   auto found = cache.find(key);
   if (found != cache.end()) return *found->second;
   auto& eng = cpu_engine();
@@ -295,7 +291,6 @@ Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked, bool relu
   n->data = memory::desc({x[0], x[1], x[2], x[3]}, dt::f32, layout(x[1], blocked));
   n->stat = memory::desc({x[1]}, dt::f32, tag::x);
   auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
-  if (relu) flags = flags | dnnl::normalization_flags::fuse_norm_relu;
   n->fwd_pd = dnnl::batch_normalization_forward::primitive_desc(eng, dnnl::prop_kind::forward_training, n->data,
                                                                 n->data, eps, flags);
   n->bwd_pd = dnnl::batch_normalization_backward::primitive_desc(eng, dnnl::prop_kind::backward, n->data, n->data,
@@ -312,70 +307,56 @@ paddle::Tensor empty_like(const std::vector<int64_t>& shape) {
 }
 }  // namespace
 
-// The workspace as a Paddle tensor of bytes (at least one: a tensor cannot be empty here).
-paddle::Tensor workspace_for(const Norm& n) {
-  int64_t bytes = std::max<int64_t>(1, n.fwd_pd.workspace_desc().get_size());
-  return paddle::empty({bytes}, paddle::DataType::UINT8, paddle::CPUPlace());
-}
-
 std::vector<paddle::Tensor> NormForward(const paddle::Tensor& x_in, const paddle::Tensor& scale,
-                                        const paddle::Tensor& shift, float eps, bool blocked, bool relu) {
+                                        const paddle::Tensor& shift, float eps, bool blocked) {
   auto x = x_in.contiguous();
-  Norm& n = get_norm(x.shape(), eps, blocked, relu);
+  Norm& n = get_norm(x.shape(), eps, blocked);
   auto out = empty_like(x.shape()), mean = empty_like({x.shape()[1]}), var = empty_like({x.shape()[1]});
-  auto ws = workspace_for(n);
   dnnl::stream s(cpu_engine());
-  std::unordered_map<int, memory> args{
-      {DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DST, wrap(n.data, out)}, {DNNL_ARG_SCALE, wrap(n.stat, scale)},
-      {DNNL_ARG_SHIFT, wrap(n.stat, shift)}, {DNNL_ARG_MEAN, wrap(n.stat, mean)}, {DNNL_ARG_VARIANCE, wrap(n.stat, var)}};
-  if (relu) args[DNNL_ARG_WORKSPACE] = memory(n.fwd_pd.workspace_desc(), cpu_engine(), ws.data<uint8_t>());
-  n.fwd.execute(s, args);
+  n.fwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DST, wrap(n.data, out)},
+                    {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_SHIFT, wrap(n.stat, shift)},
+                    {DNNL_ARG_MEAN, wrap(n.stat, mean)}, {DNNL_ARG_VARIANCE, wrap(n.stat, var)}});
   s.wait();
-  return {out, mean, var, ws};
+  return {out, mean, var};
 }
 
 std::vector<paddle::Tensor> NormBackward(const paddle::Tensor& x_in, const paddle::Tensor& scale,
                                          const paddle::Tensor& mean, const paddle::Tensor& var,
-                                         const paddle::Tensor& ws_in, const paddle::Tensor& dout_in, float eps,
-                                         bool blocked, bool relu) {
-  auto x = x_in.contiguous(), dout = dout_in.contiguous(), ws = ws_in.contiguous();
-  Norm& n = get_norm(x.shape(), eps, blocked, relu);
+                                         const paddle::Tensor& dout_in, float eps, bool blocked) {
+  auto x = x_in.contiguous(), dout = dout_in.contiguous();
+  Norm& n = get_norm(x.shape(), eps, blocked);
   auto dx = empty_like(x.shape()), dscale = empty_like({x.shape()[1]}), dshift = empty_like({x.shape()[1]});
   dnnl::stream s(cpu_engine());
-  std::unordered_map<int, memory> args{
-      {DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DIFF_DST, wrap(n.data, dout)}, {DNNL_ARG_SCALE, wrap(n.stat, scale)},
-      {DNNL_ARG_MEAN, wrap(n.stat, mean)}, {DNNL_ARG_VARIANCE, wrap(n.stat, var)}, {DNNL_ARG_DIFF_SRC, wrap(n.data, dx)},
-      {DNNL_ARG_DIFF_SCALE, wrap(n.stat, dscale)}, {DNNL_ARG_DIFF_SHIFT, wrap(n.stat, dshift)}};
-  if (relu) {
-    args[DNNL_ARG_WORKSPACE] = memory(n.bwd_pd.workspace_desc(), cpu_engine(), const_cast<uint8_t*>(ws.data<uint8_t>()));
-  }
-  n.bwd.execute(s, args);
+  n.bwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DIFF_DST, wrap(n.data, dout)},
+                    {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_MEAN, wrap(n.stat, mean)},
+                    {DNNL_ARG_VARIANCE, wrap(n.stat, var)}, {DNNL_ARG_DIFF_SRC, wrap(n.data, dx)},
+                    {DNNL_ARG_DIFF_SCALE, wrap(n.stat, dscale)}, {DNNL_ARG_DIFF_SHIFT, wrap(n.stat, dshift)}});
   s.wait();
   return {dx, dscale, dshift};
 }
 
 std::vector<std::vector<int64_t>> NormInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>&,
-                                                 const std::vector<int64_t>&, float, bool, bool) {
-  return {x, {x[1]}, {x[1]}, {-1}};
+                                                 const std::vector<int64_t>&, float, bool) {
+  return {x, {x[1]}, {x[1]}};
 }
 
 std::vector<paddle::DataType> NormInferDtype(const paddle::DataType& x, const paddle::DataType&,
                                              const paddle::DataType&) {
-  return {x, x, x, paddle::DataType::UINT8};
+  return {x, x, x};
 }
 
 PD_BUILD_OP(onednn_batch_norm)
     .Inputs({"X", "Scale", "Shift"})
-    .Outputs({"Out", "Mean", "Var", "Workspace"})
-    .Attrs({"eps: float", "blocked: bool", "relu: bool"})
+    .Outputs({"Out", "Mean", "Var"})
+    .Attrs({"eps: float", "blocked: bool"})
     .SetKernelFn(PD_KERNEL(NormForward))
     .SetInferShapeFn(PD_INFER_SHAPE(NormInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(NormInferDtype));
 
 PD_BUILD_GRAD_OP(onednn_batch_norm)
-    .Inputs({"X", "Scale", "Mean", "Var", "Workspace", paddle::Grad("Out")})
+    .Inputs({"X", "Scale", "Mean", "Var", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X"), paddle::Grad("Scale"), paddle::Grad("Shift")})
-    .Attrs({"eps: float", "blocked: bool", "relu: bool"})
+    .Attrs({"eps: float", "blocked: bool"})
     .SetKernelFn(PD_KERNEL(NormBackward));
 
 // A blocked activation (nChw16c) as NCHW, for the Paddle ops that read channels (pooling heads, flatten);

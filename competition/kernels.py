@@ -158,10 +158,9 @@ class CpuKernels:
         return load().max_pool2x2(x, blocked)[0]
 
     def batch_norm(self, x: paddle.Tensor, scale: paddle.Tensor, shift: paddle.Tensor, eps: float,
-                   blocked: bool = False, relu: bool = False) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
-        """Batch-statistics normalization of `x` (then a ReLU with `relu`): (output, the batch's mean, its
-        biased variance)."""
-        out, mean, var, _ = load().onednn_batch_norm(x, scale, shift, eps, blocked, relu)
+                   blocked: bool = False) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+        """Batch-statistics normalization of `x`: (output, the batch's mean, its biased variance)."""
+        out, mean, var = load().onednn_batch_norm(x, scale, shift, eps, blocked)
         return out, mean, var
 
     def to_plain(self, x: paddle.Tensor) -> paddle.Tensor:

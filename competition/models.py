@@ -6,7 +6,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 from paddle import nn
 
 from .errors import CompetitionError
@@ -72,24 +71,21 @@ class MaxPool2D(nn.MaxPool2D):
 
 
 class BatchNorm2D(nn.BatchNorm2D):
-    """paddle.nn.BatchNorm2D that trains through the kernels' batch norm in their blocked layout; with
-    `relu`, followed by a ReLU (in the same pass there).
+    """paddle.nn.BatchNorm2D that trains through the kernels' batch norm in their blocked layout.
 
-    Same parameters, running statistics and checkpoints; evaluation and exports run Paddle's ops.
+    Same parameters, running statistics and checkpoints; evaluation and exports run Paddle's op.
     """
 
-    def __init__(self, *args: object, relu: bool = False, kernels: Optional[CpuKernels] = None, **kwargs: object):
+    def __init__(self, *args: object, kernels: Optional[CpuKernels] = None, **kwargs: object):
         super().__init__(*args, **kwargs)
-        self._relu = relu
         self._kernels = kernels
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """Normalize by the batch's statistics and fold them into the running ones, as Paddle's does."""
         if not (_blocked(self, x) and self._data_format == "NCHW" and not self._use_global_stats
                 and self.weight is not None and self.bias is not None):
-            out = super().forward(x)
-            return F.relu(out) if self._relu else out
-        out, mean, variance = self._kernels.batch_norm(x, self.weight, self.bias, self._epsilon, True, self._relu)
+            return super().forward(x)
+        out, mean, variance = self._kernels.batch_norm(x, self.weight, self.bias, self._epsilon, True)
         with paddle.no_grad():
             # Paddle's momentum is the share of the old statistics kept; its variance is the biased one.
             paddle.assign(self._mean * self._momentum + mean * (1 - self._momentum), self._mean)
@@ -185,7 +181,7 @@ class BasicBlock(nn.Layer):
     def __init__(self, c_in: int, c_out: int, stride: int = 1, kernels: Optional[CpuKernels] = None):
         super().__init__()
         self.conv1 = Conv2D(c_in, c_out, 3, stride=stride, padding=1, bias_attr=False, kernels=kernels)
-        self.bn1 = BatchNorm2D(c_out, relu=True, kernels=kernels)
+        self.bn1 = BatchNorm2D(c_out, kernels=kernels)
         self.conv2 = Conv2D(c_out, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
         self.bn2 = BatchNorm2D(c_out, kernels=kernels)
         self.relu = nn.ReLU()
@@ -196,8 +192,8 @@ class BasicBlock(nn.Layer):
                                           BatchNorm2D(c_out, kernels=kernels))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); bn1 applies its ReLU."""
-        out = self.bn1(self.conv1(x))
+        """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+        out = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 

@@ -272,19 +272,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine",
                "warmup_epochs": 1, "flip": True, "crop_pad": 2, "erase": 0.25, "label_smoothing": 0.1,
                "precision": "bf16"},
-    # the airbench recipe on airbench94's widths (airnet 64): alone no better than the resnet (30
-    # epochs: 95.26-95.39%, 95.64-95.73% with six views, in 37 min), but it errs on other images.
-    # 30 epochs since the blocked kernels (212ac64) made its step about 22% faster: beside the resnet it
-    # scored 95.93% with six views against 95.83% at 20 epochs (two seeds each, BENCHMARKS.md).
+    # the airbench recipe on airbench94's widths (airnet 64): alone about as good as the resnet (30
+    # epochs: 95.26-95.55%, 95.64-95.73% with six views, in 27-37 min), but it errs on other images.
+    # 30 epochs since the blocked kernels (212ac64) made its step about 22% faster (20 before).
     "airnet64": {**_AIRBENCH, "model": "airnet", "width": 64, "epochs": 30},
 }
 
 # Ensemble presets: `competition train --preset NAME` trains one run per member preset (one after the
 # other, each on every core) in one folder, and predict averages their probabilities. Two different
-# networks pay where one network twice does not: `best` (airnet64 at 20 epochs) scored 95.83% with six
-# views on two seeds (95.69% plain) in under 50 minutes for the whole bash run.sh, against 95.64% for
-# the resnet alone; with airnet 64 at 30 epochs 95.93% in about 65 minutes. Five airnets of one recipe
-# only matched one airnet trained on all their rows (BENCHMARKS.md).
+# networks pay where one network twice does not: `best` scored 95.91% with six views on two seeds
+# (95.72% plain) in about 51 minutes for the whole bash run.sh, against 95.64% for the resnet alone
+# (with airnet64 at 20 epochs, before the blocked kernels: 95.83% in 47-50 minutes). Five airnets of
+# one recipe only matched one airnet trained on all their rows (BENCHMARKS.md).
 ENSEMBLES: dict[str, tuple[str, ...]] = {"best": ("resnet", "airnet64")}
 
 

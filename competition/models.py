@@ -93,6 +93,8 @@ class BatchNorm2D(nn.BatchNorm2D):
         return out
 
 
+# AdaptiveAvgPool2D and Flatten repeat each other on purpose: one mixin for both broke paddle.jit.save,
+# whose dy2static rewrite of forward() turned its super() call into endless recursion.
 class AdaptiveAvgPool2D(nn.AdaptiveAvgPool2D):
     """paddle.nn.AdaptiveAvgPool2D that reads the kernels' blocked training activations."""
 

@@ -108,6 +108,14 @@ void copy_back(memory& result, memory& user, dnnl::stream& s) {
 
 float* ptr(const paddle::Tensor& t) { return const_cast<float*>(t.data<float>()); }
 
+// Paddle's buffer `t` as oneDNN memory of layout `md`.
+memory wrap(const memory::desc& md, const paddle::Tensor& t) { return memory(md, cpu_engine(), ptr(t)); }
+
+// A new float32 CPU tensor of `shape`, for a kernel's result.
+paddle::Tensor empty_f32(const std::vector<int64_t>& shape) {
+  return paddle::empty(shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
+}
+
 }  // namespace
 
 std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle::Tensor& w_in, int stride, int padding,
@@ -115,12 +123,12 @@ std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle
   auto x = x_in.contiguous(), w = w_in.contiguous();
   Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked);
   auto dims = c.dst.get_dims();
-  auto out = paddle::empty({dims[0], dims[1], dims[2], dims[3]}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto out = empty_f32({dims[0], dims[1], dims[2], dims[3]});
   auto& eng = cpu_engine();
   dnnl::stream s(eng);
-  memory src = as_input(c.fwd_pd.src_desc(), memory(c.src, eng, ptr(x)), s);
-  memory wei = as_input(c.fwd_pd.weights_desc(), memory(c.wei, eng, ptr(w)), s);
-  memory user_dst(c.dst, eng, out.data<float>());
+  memory src = as_input(c.fwd_pd.src_desc(), wrap(c.src, x), s);
+  memory wei = as_input(c.fwd_pd.weights_desc(), wrap(c.wei, w), s);
+  memory user_dst = wrap(c.dst, out);
   memory dst = as_output(c.fwd_pd.dst_desc(), user_dst);
   c.fwd.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
   copy_back(dst, user_dst, s);
@@ -135,19 +143,19 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddl
   Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked);
   auto& eng = cpu_engine();
   dnnl::stream s(eng);
-  auto dx = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
-  auto dw = paddle::empty(w.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
-  memory ddst_w = as_input(c.bwd_wei_pd.diff_dst_desc(), memory(c.dst, eng, ptr(dout)), s);
-  memory src = as_input(c.bwd_wei_pd.src_desc(), memory(c.src, eng, ptr(x)), s);
-  memory user_dw(c.wei, eng, dw.data<float>());
+  auto dx = empty_f32(x.shape());
+  auto dw = empty_f32(w.shape());
+  memory ddst_w = as_input(c.bwd_wei_pd.diff_dst_desc(), wrap(c.dst, dout), s);
+  memory src = as_input(c.bwd_wei_pd.src_desc(), wrap(c.src, x), s);
+  memory user_dw = wrap(c.wei, dw);
   memory dwei = as_output(c.bwd_wei_pd.diff_weights_desc(), user_dw);
   c.bwd_wei.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst_w}, {DNNL_ARG_DIFF_WEIGHTS, dwei}});
   copy_back(dwei, user_dw, s);
   if (need_dx) {
     memory ddst = c.bwd_data_pd.diff_dst_desc() == ddst_w.get_desc() ? ddst_w
-                  : as_input(c.bwd_data_pd.diff_dst_desc(), memory(c.dst, eng, ptr(dout)), s);
-    memory wei = as_input(c.bwd_data_pd.weights_desc(), memory(c.wei, eng, ptr(w)), s);
-    memory user_dx(c.src, eng, dx.data<float>());
+                  : as_input(c.bwd_data_pd.diff_dst_desc(), wrap(c.dst, dout), s);
+    memory wei = as_input(c.bwd_data_pd.weights_desc(), wrap(c.wei, w), s);
+    memory user_dx = wrap(c.src, dx);
     memory dsrc = as_output(c.bwd_data_pd.diff_src_desc(), user_dx);
     c.bwd_data.execute(s, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, dsrc}});
     copy_back(dsrc, user_dx, s);
@@ -198,7 +206,7 @@ std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x_in, bool bloc
   auto shape = x.shape();
   auto [planes, h, w, lanes] = planes_of(shape, blocked);
   int64_t oh = h / 2, ow = w / 2, row = w * lanes;
-  auto out = paddle::empty({shape[0], shape[1], oh, ow}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  auto out = empty_f32({shape[0], shape[1], oh, ow});
   auto arg = paddle::empty({shape[0], shape[1], oh, ow}, paddle::DataType::UINT8, paddle::CPUPlace());
   const float* src = x.data<float>();
   float* dst = out.data<float>();
@@ -300,18 +308,13 @@ Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked) {
   return *cache.emplace(key, std::move(n)).first->second;
 }
 
-memory wrap(const memory::desc& md, const paddle::Tensor& t) { return memory(md, cpu_engine(), ptr(t)); }
-
-paddle::Tensor empty_like(const std::vector<int64_t>& shape) {
-  return paddle::empty(shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
-}
 }  // namespace
 
 std::vector<paddle::Tensor> NormForward(const paddle::Tensor& x_in, const paddle::Tensor& scale,
                                         const paddle::Tensor& shift, float eps, bool blocked) {
   auto x = x_in.contiguous();
   Norm& n = get_norm(x.shape(), eps, blocked);
-  auto out = empty_like(x.shape()), mean = empty_like({x.shape()[1]}), var = empty_like({x.shape()[1]});
+  auto out = empty_f32(x.shape()), mean = empty_f32({x.shape()[1]}), var = empty_f32({x.shape()[1]});
   dnnl::stream s(cpu_engine());
   n.fwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DST, wrap(n.data, out)},
                     {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_SHIFT, wrap(n.stat, shift)},
@@ -325,7 +328,7 @@ std::vector<paddle::Tensor> NormBackward(const paddle::Tensor& x_in, const paddl
                                          const paddle::Tensor& dout_in, float eps, bool blocked) {
   auto x = x_in.contiguous(), dout = dout_in.contiguous();
   Norm& n = get_norm(x.shape(), eps, blocked);
-  auto dx = empty_like(x.shape()), dscale = empty_like({x.shape()[1]}), dshift = empty_like({x.shape()[1]});
+  auto dx = empty_f32(x.shape()), dscale = empty_f32({x.shape()[1]}), dshift = empty_f32({x.shape()[1]});
   dnnl::stream s(cpu_engine());
   n.bwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DIFF_DST, wrap(n.data, dout)},
                     {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_MEAN, wrap(n.stat, mean)},
@@ -365,7 +368,7 @@ namespace {
 paddle::Tensor relayout(const paddle::Tensor& x_in, tag from, tag to) {
   auto x = x_in.contiguous();
   auto shape = x.shape();
-  auto out = empty_like(shape);
+  auto out = empty_f32(shape);
   memory::dims dims{shape[0], shape[1], shape[2], shape[3]};
   memory src(memory::desc(dims, dt::f32, from), cpu_engine(), ptr(x));
   memory dst(memory::desc(dims, dt::f32, to), cpu_engine(), out.data<float>());

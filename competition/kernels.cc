@@ -1,4 +1,5 @@
-// CPU training kernels registered as Paddle custom operators: oneDNN convolutions, 2x2 max pooling.
+// CPU kernels registered as Paddle custom operators: oneDNN convolutions and batch norms, 2x2 max
+// pooling, the residual sum with its ReLU.
 //
 // Why: Paddle 3.3's CPU conv kernel runs im2col + GEMM image by image; in the cnn model it took
 // ~80% of a training step and made an epoch 2.2x slower than PyTorch's (BENCHMARKS.md). oneDNN's
@@ -8,13 +9,16 @@
 // onednn_conv2d(X, W, stride, padding, need_dx, bf16): NCHW float32, square stride and padding, no
 // dilation, no groups, no bias (every conv here feeds a BatchNorm). With bf16 the primitives read
 // bfloat16 copies of their inputs (X, W, the output gradient) and sum in float32 into float32
-// outputs: on CPUs with AVX512-BF16 a resnet training step took 292 ms instead of 468 ms.
+// outputs: on CPUs with AVX512-BF16 a resnet training step took 292 ms instead of 468 ms. Its second
+// output, XRead, is X as the forward read it (the bfloat16 copy), kept for the weight gradient.
 //
-// blocked: in training, activations with a multiple of 16 channels pass between these kernels in
-// oneDNN's nChw16c layout (16 channels innermost; as many floats as NCHW, so Paddle's element-wise
-// ReLU, GELU and add work on them unchanged) instead of being reordered to NCHW and back around
-// every op. Reorders were 31% of oneDNN's time in a resnet 32x2 step (ONEDNN_VERBOSE, 2026-11-30).
-// onednn_batch_norm and max_pool2x2 take that layout too; onednn_to_plain turns it back to NCHW.
+// blocked: in training and validation, activations with a multiple of 16 channels pass between these
+// kernels in oneDNN's nChw16c layout (16 channels innermost; as many floats as NCHW, so Paddle's
+// element-wise ReLU, GELU and add work on them unchanged) instead of being reordered to NCHW and back
+// around every op. Reorders were 31% of oneDNN's time in a resnet 32x2 step (ONEDNN_VERBOSE,
+// 2026-11-30). onednn_batch_norm (batch statistics), onednn_batch_norm_infer (running statistics) and
+// max_pool2x2 take that layout too; onednn_to_plain turns it back to NCHW. add_relu (any layout) is the
+// residual blocks' sum and ReLU in one pass.
 #include <map>
 #include <memory>
 #include <mutex>
@@ -118,6 +122,22 @@ paddle::Tensor empty_f32(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
+namespace {
+// X as the forward primitive reads it (a bfloat16 and/or re-laid copy), in a Paddle buffer that the
+// gradient op gets back, so the weight gradient reads it instead of casting X again; `read` is set to it.
+// Holds one byte when the primitive reads X itself.
+paddle::Tensor read_copy(const memory::desc& want, memory user, dnnl::stream& s, memory& read) {
+  if (want == user.get_desc()) {
+    read = user;
+    return paddle::empty({1}, paddle::DataType::UINT8, paddle::CPUPlace());
+  }
+  auto copy = paddle::empty({static_cast<int64_t>(want.get_size())}, paddle::DataType::UINT8, paddle::CPUPlace());
+  read = memory(want, cpu_engine(), copy.data<uint8_t>());
+  dnnl::reorder(user, read).execute(s, user, read);
+  return copy;
+}
+}  // namespace
+
 std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle::Tensor& w_in, int stride, int padding,
                                         bool, bool bf16, bool blocked) {
   auto x = x_in.contiguous(), w = w_in.contiguous();
@@ -126,19 +146,20 @@ std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle
   auto out = empty_f32({dims[0], dims[1], dims[2], dims[3]});
   auto& eng = cpu_engine();
   dnnl::stream s(eng);
-  memory src = as_input(c.fwd_pd.src_desc(), wrap(c.src, x), s);
+  memory src;
+  auto x_read = read_copy(c.fwd_pd.src_desc(), wrap(c.src, x), s, src);
   memory wei = as_input(c.fwd_pd.weights_desc(), wrap(c.wei, w), s);
   memory user_dst = wrap(c.dst, out);
   memory dst = as_output(c.fwd_pd.dst_desc(), user_dst);
   c.fwd.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
   copy_back(dst, user_dst, s);
   s.wait();
-  return {out};
+  return {out, x_read};
 }
 
 std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddle::Tensor& w_in,
-                                         const paddle::Tensor& dout_in, int stride, int padding, bool need_dx,
-                                         bool bf16, bool blocked) {
+                                         const paddle::Tensor& x_read, const paddle::Tensor& dout_in, int stride,
+                                         int padding, bool need_dx, bool bf16, bool blocked) {
   auto x = x_in.contiguous(), w = w_in.contiguous(), dout = dout_in.contiguous();
   Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked);
   auto& eng = cpu_engine();
@@ -146,7 +167,10 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddl
   auto dx = empty_f32(x.shape());
   auto dw = empty_f32(w.shape());
   memory ddst_w = as_input(c.bwd_wei_pd.diff_dst_desc(), wrap(c.dst, dout), s);
-  memory src = as_input(c.bwd_wei_pd.src_desc(), wrap(c.src, x), s);
+  auto want = c.bwd_wei_pd.src_desc();
+  bool kept = want == c.fwd_pd.src_desc() && x_read.numel() == static_cast<int64_t>(want.get_size());
+  memory src = kept ? memory(want, eng, const_cast<uint8_t*>(x_read.data<uint8_t>()))
+                    : as_input(want, wrap(c.src, x), s);
   memory user_dw = wrap(c.wei, dw);
   memory dwei = as_output(c.bwd_wei_pd.diff_weights_desc(), user_dw);
   c.bwd_wei.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst_w}, {DNNL_ARG_DIFF_WEIGHTS, dwei}});
@@ -166,21 +190,23 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddl
 
 std::vector<std::vector<int64_t>> ConvInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
                                                  int stride, int padding, bool, bool, bool) {
-  return {{x[0], w[0], out_size(x[2], w[2], stride, padding), out_size(x[3], w[3], stride, padding)}};
+  return {{x[0], w[0], out_size(x[2], w[2], stride, padding), out_size(x[3], w[3], stride, padding)}, {-1}};
 }
 
-std::vector<paddle::DataType> ConvInferDtype(const paddle::DataType& x, const paddle::DataType& w) { return {x}; }
+std::vector<paddle::DataType> ConvInferDtype(const paddle::DataType& x, const paddle::DataType& w) {
+  return {x, paddle::DataType::UINT8};
+}
 
 PD_BUILD_OP(onednn_conv2d)
     .Inputs({"X", "W"})
-    .Outputs({"Out"})
+    .Outputs({"Out", "XRead"})
     .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "blocked: bool"})
     .SetKernelFn(PD_KERNEL(ConvForward))
     .SetInferShapeFn(PD_INFER_SHAPE(ConvInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(ConvInferDtype));
 
 PD_BUILD_GRAD_OP(onednn_conv2d)
-    .Inputs({"X", "W", paddle::Grad("Out")})
+    .Inputs({"X", "W", "XRead", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X"), paddle::Grad("W")})
     .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "blocked: bool"})
     .SetKernelFn(PD_KERNEL(ConvBackward));
@@ -287,11 +313,11 @@ struct Norm {
   dnnl::batch_normalization_backward bwd;
 };
 
-Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked) {
-  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float, bool>, std::unique_ptr<Norm>> cache;
+Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked, bool global_stats = false) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float, bool, bool>, std::unique_ptr<Norm>> cache;
   static std::mutex lock;
   std::lock_guard<std::mutex> guard(lock);
-  auto key = std::make_tuple(x[0], x[1], x[2], x[3], eps, blocked);
+  auto key = std::make_tuple(x[0], x[1], x[2], x[3], eps, blocked, global_stats);
   auto found = cache.find(key);
   if (found != cache.end()) return *found->second;
   auto& eng = cpu_engine();
@@ -299,6 +325,12 @@ Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked) {
   n->data = memory::desc({x[0], x[1], x[2], x[3]}, dt::f32, layout(x[1], blocked));
   n->stat = memory::desc({x[1]}, dt::f32, tag::x);
   auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+  if (global_stats) {  // evaluation: the running statistics given, nothing to differentiate
+    n->fwd_pd = dnnl::batch_normalization_forward::primitive_desc(eng, dnnl::prop_kind::forward_inference, n->data,
+        n->data, eps, flags | dnnl::normalization_flags::use_global_stats);
+    n->fwd = dnnl::batch_normalization_forward(n->fwd_pd);
+    return *cache.emplace(key, std::move(n)).first->second;
+  }
   n->fwd_pd = dnnl::batch_normalization_forward::primitive_desc(eng, dnnl::prop_kind::forward_training, n->data,
                                                                 n->data, eps, flags);
   n->bwd_pd = dnnl::batch_normalization_backward::primitive_desc(eng, dnnl::prop_kind::backward, n->data, n->data,
@@ -362,6 +394,42 @@ PD_BUILD_GRAD_OP(onednn_batch_norm)
     .Attrs({"eps: float", "blocked: bool"})
     .SetKernelFn(PD_KERNEL(NormBackward));
 
+// Batch normalization in evaluation: by the running statistics (Mean, Var), in either layout, so that
+// validation passes blocked activations between the kernels as training does. No gradient.
+std::vector<paddle::Tensor> NormInferForward(const paddle::Tensor& x_in, const paddle::Tensor& scale,
+                                             const paddle::Tensor& shift, const paddle::Tensor& mean,
+                                             const paddle::Tensor& var, float eps, bool blocked) {
+  auto x = x_in.contiguous();
+  Norm& n = get_norm(x.shape(), eps, blocked, true);
+  auto out = empty_f32(x.shape());
+  dnnl::stream s(cpu_engine());
+  n.fwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DST, wrap(n.data, out)},
+                    {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_SHIFT, wrap(n.stat, shift)},
+                    {DNNL_ARG_MEAN, wrap(n.stat, mean)}, {DNNL_ARG_VARIANCE, wrap(n.stat, var)}});
+  s.wait();
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> NormInferInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>&,
+                                                      const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                                      const std::vector<int64_t>&, float, bool) {
+  return {x};
+}
+
+std::vector<paddle::DataType> NormInferInferDtype(const paddle::DataType& x, const paddle::DataType&,
+                                                  const paddle::DataType&, const paddle::DataType&,
+                                                  const paddle::DataType&) {
+  return {x};
+}
+
+PD_BUILD_OP(onednn_batch_norm_infer)
+    .Inputs({"X", "Scale", "Shift", "Mean", "Var"})
+    .Outputs({"Out"})
+    .Attrs({"eps: float", "blocked: bool"})
+    .SetKernelFn(PD_KERNEL(NormInferForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(NormInferInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(NormInferInferDtype));
+
 // A blocked activation (nChw16c) as NCHW, for the Paddle ops that read channels (pooling heads, flatten);
 // its gradient goes the other way.
 namespace {
@@ -391,3 +459,40 @@ PD_BUILD_GRAD_OP(onednn_to_plain)
     .Inputs({paddle::Grad("Out")})
     .Outputs({paddle::Grad("X")})
     .SetKernelFn(PD_KERNEL(ToPlainBackward));
+
+// relu(A + B) in one pass over memory, for the residual blocks' sum and the ReLU after it, in any layout
+// (both inputs alike); the gradient reaches A and B wherever the output is positive, as Paddle's ReLU's.
+std::vector<paddle::Tensor> AddReluForward(const paddle::Tensor& a_in, const paddle::Tensor& b_in) {
+  auto a = a_in.contiguous(), b = b_in.contiguous();
+  auto out = empty_f32(a.shape());
+  const float* __restrict pa = a.data<float>();
+  const float* __restrict pb = b.data<float>();
+  float* __restrict po = out.data<float>();
+  for (int64_t i = 0, n = a.numel(); i < n; ++i) {
+    float v = pa[i] + pb[i];
+    po[i] = v > 0.f ? v : 0.f;
+  }
+  return {out};
+}
+
+std::vector<paddle::Tensor> AddReluBackward(const paddle::Tensor& out_in, const paddle::Tensor& dout_in) {
+  auto out = out_in.contiguous(), dout = dout_in.contiguous();
+  auto da = empty_f32(out.shape()), db = empty_f32(out.shape());
+  const float* __restrict po = out.data<float>();
+  const float* __restrict pg = dout.data<float>();
+  float* __restrict pa = da.data<float>();
+  float* __restrict pb = db.data<float>();
+  for (int64_t i = 0, n = out.numel(); i < n; ++i) {
+    float g = pg[i] * static_cast<float>(po[i] > 0.f);  // as Paddle's relu_grad: dout * (out > 0)
+    pa[i] = g;
+    pb[i] = g;
+  }
+  return {da, db};
+}
+
+PD_BUILD_OP(add_relu).Inputs({"A", "B"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(AddReluForward));
+
+PD_BUILD_GRAD_OP(add_relu)
+    .Inputs({"Out", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("A"), paddle::Grad("B")})
+    .SetKernelFn(PD_KERNEL(AddReluBackward));

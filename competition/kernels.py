@@ -30,6 +30,9 @@ SOURCE = Path(__file__).with_name("kernels.cc")
 # Headers only (pip install --no-deps): the library itself is the one in Paddle's wheel.
 HEADERS = "onednn-devel==2025.0.1"
 _PADDLE_LIBS = Path(paddle.__file__).parent / "libs"  # libdnnl.so.3 ships here
+# GCC 12 vectorizes add_relu's loops only with both (-fopt-info-vec, 2026-12-01): -O2 leaves them scalar,
+# and a float comparison under the default trapping math stays a branch.
+CXX_FLAGS = ["-O3", "-fno-trapping-math"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 
@@ -44,8 +47,8 @@ def headers_dir() -> Optional[Path]:
 
 
 def build_dir() -> Path:
-    """Where the compiled operator lives: keyed by the source and the Paddle build it links to."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + paddle.version.full_version.encode()
+    """Where the compiled operator lives: keyed by the source, its flags and the Paddle build it links to."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CXX_FLAGS).encode() + paddle.version.full_version.encode()
                             + paddle.version.commit.encode()).hexdigest()[:12]
     return user_cache_dir() / "kernels" / digest
 
@@ -96,7 +99,7 @@ def load() -> ModuleType:
             with _output_to(folder / "build.log"):
                 _module = load_extension(
                     name="onednn_kernels", sources=[str(SOURCE)], build_directory=str(folder),
-                    extra_include_paths=[str(include)], extra_cxx_cflags=["-O2"],
+                    extra_include_paths=[str(include)], extra_cxx_cflags=CXX_FLAGS,
                     extra_ldflags=[f"-L{_PADDLE_LIBS}", "-l:libdnnl.so.3", f"-Wl,-rpath,{_PADDLE_LIBS}"])
     except (RuntimeError, OSError, ImportError) as exc:  # no compiler, a failed build, an unwritable cache
         raise CompetitionError(f"the CPU kernels did not build ({exc}); see {folder / 'build.log'}.") from None
@@ -130,9 +133,9 @@ class CpuKernels:
     """The compiled kernels, handed to the layers that may use them (models.py).
 
     A layer built without one runs Paddle's own ops; `bf16` has the training convs read
-    bfloat16 copies of their inputs (float32 weights, sums and results); `blocked` has training
-    activations with a multiple of 16 channels stay in oneDNN's nChw16c layout between the
-    kernels (kernels.cc), so the layers reading channels must all be the kernels' own.
+    bfloat16 copies of their inputs (float32 weights, sums and results); `blocked` has activations
+    with a multiple of 16 channels stay in oneDNN's nChw16c layout between the kernels (kernels.cc)
+    in training and validation, so the layers reading channels must all be the kernels' own.
     """
 
     # Why not paddle.amp: under paddle.amp.auto_cast(dtype="bfloat16") Paddle 3.3's CPU convs stay
@@ -142,16 +145,12 @@ class CpuKernels:
     bf16: bool = False
     blocked: bool = True
 
-    def training_layout(self) -> bool:
-        """Whether activations now pass blocked: in training (gradients on) with `blocked`."""
-        return self.blocked and paddle.is_grad_enabled()
-
     def conv2d(self, x: paddle.Tensor, weight: paddle.Tensor, stride: int, padding: int,
                blocked: bool = False) -> paddle.Tensor:
         """oneDNN conv of float32 `x` with `weight` (out, in, kh, kw); no bias, dilation or groups."""
         # bfloat16 only where gradients flow: validation, reports and predictions stay float32.
         bf16 = self.bf16 and paddle.is_grad_enabled()
-        return load().onednn_conv2d(x, weight, stride, padding, not x.stop_gradient, bf16, blocked)
+        return load().onednn_conv2d(x, weight, stride, padding, not x.stop_gradient, bf16, blocked)[0]
 
     def max_pool2x2(self, x: paddle.Tensor, blocked: bool = False) -> paddle.Tensor:
         """2x2 max pooling with stride 2 of float32 `x` (odd sizes floor, as Paddle's)."""
@@ -162,6 +161,15 @@ class CpuKernels:
         """Batch-statistics normalization of `x`: (output, the batch's mean, its biased variance)."""
         out, mean, var = load().onednn_batch_norm(x, scale, shift, eps, blocked)
         return out, mean, var
+
+    def batch_norm_infer(self, x: paddle.Tensor, scale: paddle.Tensor, shift: paddle.Tensor, mean: paddle.Tensor,
+                         variance: paddle.Tensor, eps: float, blocked: bool = False) -> paddle.Tensor:
+        """Normalization of `x` by running statistics (evaluation); no gradient."""
+        return load().onednn_batch_norm_infer(x, scale, shift, mean, variance, eps, blocked)
+
+    def add_relu(self, a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
+        """relu(a + b) of two float32 tensors of one shape (and layout), in one pass."""
+        return load().add_relu(a, b)
 
     def to_plain(self, x: paddle.Tensor) -> paddle.Tensor:
         """A blocked activation (a multiple of 16 channels) as NCHW; other tensors as they are."""

@@ -20,10 +20,10 @@ def _kernel_input(x: paddle.Tensor) -> bool:
 
 
 def _blocked(layer: nn.Layer, x: paddle.Tensor) -> bool:
-    """Whether `layer` trains in the kernels' blocked layout (CpuKernels.blocked). Every layer of a model
-    decides alike (same kernels, mode and gradient switch), so activations stay blocked between them."""
+    """Whether `layer` runs in the kernels' blocked layout (CpuKernels.blocked). Every layer of a model
+    decides alike (same kernels, dynamic mode on the CPU), so activations stay blocked between them."""
     kernels: Optional[CpuKernels] = getattr(layer, "_kernels", None)
-    return kernels is not None and layer.training and kernels.training_layout() and _kernel_input(x)
+    return kernels is not None and kernels.blocked and _kernel_input(x)
 
 
 def _as_plain(layer: nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
@@ -71,20 +71,27 @@ class MaxPool2D(nn.MaxPool2D):
 
 
 class BatchNorm2D(nn.BatchNorm2D):
-    """paddle.nn.BatchNorm2D that trains through the kernels' batch norm in their blocked layout.
+    """paddle.nn.BatchNorm2D that runs through the kernels' batch norms in their blocked layout.
 
-    Same parameters, running statistics and checkpoints; evaluation and exports run Paddle's op.
+    Same parameters, running statistics and checkpoints; exports run Paddle's op.
     """
 
     def __init__(self, *args: object, kernels: Optional[CpuKernels] = None, **kwargs: object):
         super().__init__(*args, **kwargs)
         self._kernels = kernels
+        # Paddle's op cannot read the blocked layout, so no input may fall back to it.
+        if kernels is not None and (self.weight is None or self.bias is None or self._use_global_stats is not None
+                                    or self._data_format != "NCHW"):
+            raise ValueError("the kernels' BatchNorm2D needs a scale, a shift, NCHW and the default statistics")
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        """Normalize by the batch's statistics and fold them into the running ones, as Paddle's does."""
-        if not (_blocked(self, x) and self._data_format == "NCHW" and not self._use_global_stats
-                and self.weight is not None and self.bias is not None):
+        """Normalize by the batch's statistics in training (folded into the running ones as Paddle's op
+        does), by the running ones in evaluation."""
+        if not _blocked(self, x):
             return super().forward(x)
+        if not self.training:  # evaluation: by the running statistics, as Paddle's op in eval mode
+            return self._kernels.batch_norm_infer(x, self.weight, self.bias, self._mean, self._variance,
+                                                  self._epsilon, True)
         out, mean, variance = self._kernels.batch_norm(x, self.weight, self.bias, self._epsilon, True)
         with paddle.no_grad():
             # Paddle's momentum is the share of the old statistics kept; its variance is the biased one.
@@ -187,6 +194,7 @@ class BasicBlock(nn.Layer):
         self.conv2 = Conv2D(c_out, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
         self.bn2 = BatchNorm2D(c_out, kernels=kernels)
         self.relu = nn.ReLU()
+        self._kernels = kernels
         # Identity as a layer, not an `if` in forward(): the graph stays the same for paddle.jit.save.
         self.shortcut: nn.Layer = nn.Identity()
         if stride != 1 or c_in != c_out:
@@ -196,7 +204,10 @@ class BasicBlock(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        body, shortcut = self.bn2(self.conv2(out)), self.shortcut(x)
+        if self._kernels is not None and _kernel_input(body):  # the sum and its ReLU in one pass
+            return self._kernels.add_relu(body, shortcut)
+        return self.relu(body + shortcut)
 
 
 def build_resnet(width: int = 32, depth: int = 2, kernels: Optional[CpuKernels] = None) -> nn.Layer:

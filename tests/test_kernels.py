@@ -9,7 +9,7 @@ import pytest
 from competition import checkpoint, kernels, predict, runtime
 from competition.config import Config
 from competition.errors import CompetitionError
-from competition.models import build_model
+from competition.models import BatchNorm2D, build_model
 
 ONEDNN = kernels.CpuKernels()
 
@@ -151,16 +151,52 @@ def test_to_plain_turns_blocked_values_back_and_its_gradient_forth(onednn) -> No
     assert ONEDNN.to_plain(odd) is odd
 
 
-def test_evaluation_and_no_grad_stay_in_nchw(onednn) -> None:
+def test_add_relu_matches_paddles_sum_then_relu_with_gradients(onednn) -> None:
+    rng = np.random.default_rng(7)
+    a, b, upstream = (rng.standard_normal((2, 32, 5, 6)).astype(np.float32) for _ in range(3))
+    results = []
+    for op in (ONEDNN.add_relu, lambda s, t: F.relu(s + t)):
+        ta, tb = paddle.to_tensor(a, stop_gradient=False), paddle.to_tensor(b, stop_gradient=False)
+        y = op(ta, tb)
+        (y * paddle.to_tensor(upstream)).sum().backward()
+        results.append([y.numpy(), ta.grad.numpy(), tb.grad.numpy()])
+    for ours, theirs in zip(*results):  # the same float sums and comparisons: equal, not close
+        np.testing.assert_array_equal(ours, theirs)
+    assert (results[0][0] == 0).any() and (results[0][1] != 0).any()  # both sides of the ReLU were hit
+
+
+def test_blocked_evaluation_norm_uses_the_running_statistics_as_paddles(onednn) -> None:
+    rng = np.random.default_rng(6)
+    values = rng.normal(1, 3, (3, 32, 7, 5)).astype(np.float32)
+    scale, shift, mean = (paddle.to_tensor(rng.normal(1, 0.3, 32).astype(np.float32)) for _ in range(3))
+    variance = paddle.to_tensor(rng.uniform(0.5, 2, 32).astype(np.float32))
+    theirs = F.batch_norm(paddle.to_tensor(values), mean, variance, scale, shift, training=False, epsilon=1e-5)
+    for layout, is_blocked in ((blocked, True), (lambda a: a, False)):
+        ours = ONEDNN.batch_norm_infer(paddle.to_tensor(layout(values)), scale, shift, mean, variance, 1e-5, is_blocked)
+        np.testing.assert_allclose(ours.numpy(), layout(theirs.numpy()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model, options", [("resnet", {"width": 16, "depth": 1}), ("airnet", {"width": 16})], ids=str)
+def test_evaluation_and_no_grad_match_paddles_ops(onednn, model: str, options: dict) -> None:
     paddle.seed(0)
-    net = build_model("resnet", ONEDNN, width=16, depth=1)
-    reference = build_model("resnet", None, width=16, depth=1)
+    net = build_model(model, ONEDNN, **options)
+    reference = build_model(model, None, **options)
     reference.set_state_dict(net.state_dict())
     x = paddle.rand([4, 1, 28, 28])
-    for mode in ("eval", "train"):
+    for mode in ("train", "eval"):  # train first: running statistics that are not the initial ones
         getattr(net, mode)(), getattr(reference, mode)()
         with paddle.no_grad():
             np.testing.assert_allclose(net(x).numpy(), reference(x).numpy(), rtol=1e-4, atol=1e-5)
+    for name, value in reference.state_dict().items():  # both moved their running statistics alike
+        np.testing.assert_allclose(net.state_dict()[name].numpy(), value.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_kernel_norm_refuses_what_its_kernels_cannot_run(onednn) -> None:
+    with pytest.raises(ValueError, match="scale, a shift"):
+        BatchNorm2D(16, weight_attr=False, kernels=ONEDNN)
+    with pytest.raises(ValueError, match="default statistics"):
+        BatchNorm2D(16, use_global_stats=True, kernels=ONEDNN)
+    BatchNorm2D(16, weight_attr=False)  # without kernels it is Paddle's layer
 
 
 @pytest.mark.parametrize("model, options", [("cnn", {"hidden": 32}), ("resnet", {"width": 8, "depth": 1})])

@@ -266,8 +266,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # with the average; 18 epochs 94.64% (94.85%) in 7.4 min. The cnn recipe before: 93.48% in 7 min.
     "default": {**_AIRBENCH, "model": "airnet", "width": 32, "epochs": 16},
     # a residual network (32x2) whose training convs read bfloat16, SGD with cosine decay, the full
-    # augmentation set: 95.30-95.43% (95.64% with six-view TTA, two seeds) in 25-27 min. It was `best`
-    # alone until the ensemble below.
+    # augmentation set: 22 epochs 95.30-95.43% (95.64% with six-view TTA, two seeds) in 25-27 min; 28
+    # epochs (the minutes the blocked kernels freed in best's hour) 95.45-95.62% (95.75%), 25.5 training
+    # min. It was `best` alone until the ensemble below.
     "resnet": {"model": "resnet", "width": 32, "depth": 2, "epochs": 28, "batch_size": 128,
                "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine",
                "warmup_epochs": 1, "flip": True, "crop_pad": 2, "erase": 0.25, "label_smoothing": 0.1,
@@ -280,9 +281,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Ensemble presets: `competition train --preset NAME` trains one run per member preset (one after the
 # other, each on every core) in one folder, and predict averages their probabilities. Two different
-# networks pay where one network twice does not: `best` scored 95.91% with six views on two seeds
-# (95.72% plain) in about 51 minutes for the whole bash run.sh, against 95.64% for the resnet alone
-# (with airnet64 at 20 epochs, before the blocked kernels: 95.83% in 47-50 minutes). Five airnets of
+# networks pay where one network twice does not: `best` scored 95.99% with six views on two seeds
+# (95.85% plain) in 55-57 minutes for the whole bash run.sh (the resnet at 28 epochs; at 22: 95.91%
+# in about 51), against 95.64% for the resnet alone (with airnet64 at 20 epochs, before the blocked
+# kernels: 95.83% in 47-50 minutes). airnet64 with random erasing did not pay (BENCHMARKS.md). Five airnets of
 # one recipe only matched one airnet trained on all their rows (BENCHMARKS.md).
 ENSEMBLES: dict[str, tuple[str, ...]] = {"best": ("resnet", "airnet64")}
 

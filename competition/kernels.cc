@@ -1,5 +1,5 @@
 // CPU kernels registered as Paddle custom operators: oneDNN convolutions and batch norms, 2x2 max
-// pooling, the residual sum with its ReLU.
+// pooling.
 //
 // Why: Paddle 3.3's CPU conv kernel runs im2col + GEMM image by image; in the cnn model it took
 // ~80% of a training step and made an epoch 2.2x slower than PyTorch's (BENCHMARKS.md). oneDNN's
@@ -17,8 +17,7 @@
 // element-wise ReLU, GELU and add work on them unchanged) instead of being reordered to NCHW and back
 // around every op. Reorders were 31% of oneDNN's time in a resnet 32x2 step (ONEDNN_VERBOSE,
 // 2026-11-30). onednn_batch_norm (batch statistics), onednn_batch_norm_infer (running statistics) and
-// max_pool2x2 take that layout too; onednn_to_plain turns it back to NCHW. add_relu (any layout) is the
-// residual blocks' sum and ReLU in one pass.
+// max_pool2x2 take that layout too; onednn_to_plain turns it back to NCHW.
 #include <map>
 #include <memory>
 #include <mutex>
@@ -459,40 +458,3 @@ PD_BUILD_GRAD_OP(onednn_to_plain)
     .Inputs({paddle::Grad("Out")})
     .Outputs({paddle::Grad("X")})
     .SetKernelFn(PD_KERNEL(ToPlainBackward));
-
-// relu(A + B) in one pass over memory, for the residual blocks' sum and the ReLU after it, in any layout
-// (both inputs alike); the gradient reaches A and B wherever the output is positive, as Paddle's ReLU's.
-std::vector<paddle::Tensor> AddReluForward(const paddle::Tensor& a_in, const paddle::Tensor& b_in) {
-  auto a = a_in.contiguous(), b = b_in.contiguous();
-  auto out = empty_f32(a.shape());
-  const float* __restrict pa = a.data<float>();
-  const float* __restrict pb = b.data<float>();
-  float* __restrict po = out.data<float>();
-  for (int64_t i = 0, n = a.numel(); i < n; ++i) {
-    float v = pa[i] + pb[i];
-    po[i] = v > 0.f ? v : 0.f;
-  }
-  return {out};
-}
-
-std::vector<paddle::Tensor> AddReluBackward(const paddle::Tensor& out_in, const paddle::Tensor& dout_in) {
-  auto out = out_in.contiguous(), dout = dout_in.contiguous();
-  auto da = empty_f32(out.shape()), db = empty_f32(out.shape());
-  const float* __restrict po = out.data<float>();
-  const float* __restrict pg = dout.data<float>();
-  float* __restrict pa = da.data<float>();
-  float* __restrict pb = db.data<float>();
-  for (int64_t i = 0, n = out.numel(); i < n; ++i) {
-    float g = pg[i] * static_cast<float>(po[i] > 0.f);  // as Paddle's relu_grad: dout * (out > 0)
-    pa[i] = g;
-    pb[i] = g;
-  }
-  return {da, db};
-}
-
-PD_BUILD_OP(add_relu).Inputs({"A", "B"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(AddReluForward));
-
-PD_BUILD_GRAD_OP(add_relu)
-    .Inputs({"Out", paddle::Grad("Out")})
-    .Outputs({paddle::Grad("A"), paddle::Grad("B")})
-    .SetKernelFn(PD_KERNEL(AddReluBackward));

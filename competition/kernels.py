@@ -30,9 +30,7 @@ SOURCE = Path(__file__).with_name("kernels.cc")
 # Headers only (pip install --no-deps): the library itself is the one in Paddle's wheel.
 HEADERS = "onednn-devel==2025.0.1"
 _PADDLE_LIBS = Path(paddle.__file__).parent / "libs"  # libdnnl.so.3 ships here
-# GCC 12 vectorizes add_relu's loops only with both (-fopt-info-vec, 2026-12-01): -O2 leaves them scalar,
-# and a float comparison under the default trapping math stays a branch.
-CXX_FLAGS = ["-O3", "-fno-trapping-math"]
+CXX_FLAGS = ["-O2"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 
@@ -166,10 +164,6 @@ class CpuKernels:
                          variance: paddle.Tensor, eps: float, blocked: bool = False) -> paddle.Tensor:
         """Normalization of `x` by running statistics (evaluation); no gradient."""
         return load().onednn_batch_norm_infer(x, scale, shift, mean, variance, eps, blocked)
-
-    def add_relu(self, a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
-        """relu(a + b) of two float32 tensors of one shape (and layout), in one pass."""
-        return load().add_relu(a, b)
 
     def to_plain(self, x: paddle.Tensor) -> paddle.Tensor:
         """A blocked activation (a multiple of 16 channels) as NCHW; other tensors as they are."""

@@ -194,7 +194,6 @@ class BasicBlock(nn.Layer):
         self.conv2 = Conv2D(c_out, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
         self.bn2 = BatchNorm2D(c_out, kernels=kernels)
         self.relu = nn.ReLU()
-        self._kernels = kernels
         # Identity as a layer, not an `if` in forward(): the graph stays the same for paddle.jit.save.
         self.shortcut: nn.Layer = nn.Identity()
         if stride != 1 or c_in != c_out:
@@ -204,10 +203,7 @@ class BasicBlock(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
         out = self.relu(self.bn1(self.conv1(x)))
-        body, shortcut = self.bn2(self.conv2(out)), self.shortcut(x)
-        if self._kernels is not None and _kernel_input(body):  # the sum and its ReLU in one pass
-            return self._kernels.add_relu(body, shortcut)
-        return self.relu(body + shortcut)
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 def build_resnet(width: int = 32, depth: int = 2, kernels: Optional[CpuKernels] = None) -> nn.Layer:

@@ -284,8 +284,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # networks pay where one network twice does not: `best` scored 95.99% with six views on two seeds
 # (95.85% plain) in 55-57 minutes for the whole bash run.sh (the resnet at 28 epochs; at 22: 95.91%
 # in about 51), against 95.64% for the resnet alone (with airnet64 at 20 epochs, before the blocked
-# kernels: 95.83% in 47-50 minutes). airnet64 with random erasing did not pay (BENCHMARKS.md). Five airnets of
-# one recipe only matched one airnet trained on all their rows (BENCHMARKS.md).
+# kernels: 95.83% in 47-50 minutes). airnet64 with random erasing did not pay; five airnets of one
+# recipe only matched one airnet trained on all their rows (BENCHMARKS.md).
 ENSEMBLES: dict[str, tuple[str, ...]] = {"best": ("resnet", "airnet64")}
 
 

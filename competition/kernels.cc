@@ -119,9 +119,6 @@ paddle::Tensor empty_f32(const std::vector<int64_t>& shape) {
   return paddle::empty(shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
 }
 
-}  // namespace
-
-namespace {
 // X as the forward primitive reads it (a bfloat16 and/or re-laid copy), in a Paddle buffer that the
 // gradient op gets back, so the weight gradient reads it instead of casting X again; `read` is set to it.
 // Holds one byte when the primitive reads X itself.
@@ -339,6 +336,16 @@ Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked, bool glob
   return *cache.emplace(key, std::move(n)).first->second;
 }
 
+// Runs `n`'s forward primitive: Mean and Var are its results in training, its inputs in evaluation.
+void run_norm(Norm& n, const paddle::Tensor& x, const paddle::Tensor& out, const paddle::Tensor& scale,
+              const paddle::Tensor& shift, const paddle::Tensor& mean, const paddle::Tensor& var) {
+  dnnl::stream s(cpu_engine());
+  n.fwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DST, wrap(n.data, out)},
+                    {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_SHIFT, wrap(n.stat, shift)},
+                    {DNNL_ARG_MEAN, wrap(n.stat, mean)}, {DNNL_ARG_VARIANCE, wrap(n.stat, var)}});
+  s.wait();
+}
+
 }  // namespace
 
 std::vector<paddle::Tensor> NormForward(const paddle::Tensor& x_in, const paddle::Tensor& scale,
@@ -346,11 +353,7 @@ std::vector<paddle::Tensor> NormForward(const paddle::Tensor& x_in, const paddle
   auto x = x_in.contiguous();
   Norm& n = get_norm(x.shape(), eps, blocked);
   auto out = empty_f32(x.shape()), mean = empty_f32({x.shape()[1]}), var = empty_f32({x.shape()[1]});
-  dnnl::stream s(cpu_engine());
-  n.fwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DST, wrap(n.data, out)},
-                    {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_SHIFT, wrap(n.stat, shift)},
-                    {DNNL_ARG_MEAN, wrap(n.stat, mean)}, {DNNL_ARG_VARIANCE, wrap(n.stat, var)}});
-  s.wait();
+  run_norm(n, x, out, scale, shift, mean, var);
   return {out, mean, var};
 }
 
@@ -401,11 +404,7 @@ std::vector<paddle::Tensor> NormInferForward(const paddle::Tensor& x_in, const p
   auto x = x_in.contiguous();
   Norm& n = get_norm(x.shape(), eps, blocked, true);
   auto out = empty_f32(x.shape());
-  dnnl::stream s(cpu_engine());
-  n.fwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DST, wrap(n.data, out)},
-                    {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_SHIFT, wrap(n.stat, shift)},
-                    {DNNL_ARG_MEAN, wrap(n.stat, mean)}, {DNNL_ARG_VARIANCE, wrap(n.stat, var)}});
-  s.wait();
+  run_norm(n, x, out, scale, shift, mean, var);
   return {out};
 }
 

@@ -133,7 +133,7 @@ def _holdout_figures(config: Config, run_dirs: list[Path]) -> dict[str, Any]:
     accuracy = lambda probs: float((probs.argmax(1) == labels).mean())  # noqa: E731
     figures: dict[str, Any] = {"rows": len(rows)}
     for views, key in ((1, "acc"), (2, "acc_tta"), (6, "acc_tta6")):
-        figures[f"ensemble_{key}"] = accuracy(np.mean([probs[views] for probs in by_fold], axis=0))
+        figures[f"ensemble_{key}"] = accuracy(predict.average_probs([probs[views] for probs in by_fold]))
         figures[f"fold_{key}"] = [accuracy(probs[views]) for probs in by_fold]
     return figures
 

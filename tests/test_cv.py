@@ -112,9 +112,9 @@ def test_resume_of_a_folder_that_is_not_a_cv_says_so(tiny_run: Path, capsys) -> 
 def test_a_cv_folder_mixed_with_a_run_counts_once_as_its_folds_average(finished_cv: Path, tiny_run: Path,
                                                                       real_data: dict) -> None:
     from competition.data import read_test_csv
-    from competition.predict import ensemble_probs, run_probs
+    from competition.predict import average_probs, ensemble_probs, run_probs
 
     images = read_test_csv(real_data["test"]).images[:20]
     folds = [run_probs(finished_cv / f"fold{k}", images) for k in range(1, FOLDS + 1)]
     mixed = ensemble_probs([finished_cv, tiny_run], images)
-    np.testing.assert_allclose(mixed, (np.mean(folds, axis=0) + run_probs(tiny_run, images)) / 2, atol=1e-6)
+    np.testing.assert_allclose(mixed, average_probs([average_probs(folds), run_probs(tiny_run, images)]), atol=1e-6)

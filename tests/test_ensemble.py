@@ -42,8 +42,8 @@ def test_ensemble_figures_are_the_members_average_on_their_shared_rows(finished_
     saved = [np.load(finished_ensemble / f"member{k}" / "validation.npz") for k in (1, 2)]
     assert (saved[0]["indices"] == saved[1]["indices"]).all()  # the same --val-size and --seed: the same rows
     for key, probs in (("acc", "probs"), ("acc_tta", "tta_probs"), ("acc_tta6", "tta6_probs")):
-        mean = (saved[0][probs] + saved[1][probs]) / 2
-        assert record["figures"][key] == pytest.approx((mean.argmax(1) == saved[0]["labels"]).mean())
+        log_mean = (np.log(saved[0][probs]) + np.log(saved[1][probs])) / 2  # the normalized geometric mean's order
+        assert record["figures"][key] == pytest.approx((log_mean.argmax(1) == saved[0]["labels"]).mean())
     assert record["figures"]["rows"] == 60
 
 
@@ -57,8 +57,8 @@ def test_predict_picks_the_ensemble_and_averages_its_members(finished_ensemble: 
     assert f"ensemble {finished_ensemble} (2 runs averaged)" in capsys.readouterr().out
     assert main(["check", str(out), "--test", str(real_data["test"])]) == 0
     images = read_test_csv(real_data["test"]).images
-    mean = np.mean([run_probs(finished_ensemble / f"member{k}", images, 2) for k in (1, 2)], axis=0)
-    assert (pd.read_csv(out)["label"].to_numpy() == mean.argmax(1)).all()
+    log_sum = sum(np.log(run_probs(finished_ensemble / f"member{k}", images, 2)) for k in (1, 2))
+    assert (pd.read_csv(out)["label"].to_numpy() == log_sum.argmax(1)).all()
     assert (finished_ensemble.parent / f"{finished_ensemble.name}-tta.csv").is_file()
 
 

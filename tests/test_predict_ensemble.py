@@ -12,7 +12,7 @@ import pytest
 from competition import checkpoint, predict
 from competition.data import read_test_csv, read_train_csv
 from competition.errors import CompetitionError
-from competition.predict import accuracy_on, ensemble_probs, flip_images, predict_run, run_probs
+from competition.predict import accuracy_on, average_probs, ensemble_probs, flip_images, predict_run, run_probs
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +48,24 @@ def test_flip_mirrors_columns_only_and_twice_is_the_identity() -> None:
     assert np.array_equal(flip_images(once), batch)
 
 
-def test_ensemble_is_the_mean_of_the_runs_probabilities(tiny_run: Path, other_run: Path,
-                                                        images: np.ndarray) -> None:
+def test_ensemble_is_the_normalized_geometric_mean_of_the_runs_probabilities(tiny_run: Path, other_run: Path,
+                                                                             images: np.ndarray) -> None:
     a, b = run_probs(tiny_run, images), run_probs(other_run, images)
     assert not np.allclose(a, b, atol=1e-3)  # the perturbation made a different model
     both = ensemble_probs([tiny_run, other_run], images)
-    assert both.shape == (len(images), 10)
-    np.testing.assert_allclose(both, (a + b) / 2, atol=1e-6)
+    assert both.shape == (len(images), 10) and both.dtype == np.float32
+    root = np.sqrt(a.astype(np.float64) * b)
+    np.testing.assert_allclose(both, root / root.sum(axis=1, keepdims=True), atol=1e-6)
     np.testing.assert_allclose(both.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_models_combine_by_their_odds_not_their_probability_gaps() -> None:
+    sharp = np.array([[0.6, 0.4, 0, 0, 0, 0, 0, 0, 0, 0]], np.float32)  # zeros (underflow) must stay finite
+    smoothed = np.array([[0.05, 0.2, *[0.75 / 8] * 8]], np.float32)  # label smoothing flattens the gaps
+    combined = average_probs([sharp, smoothed])
+    assert combined.argmax() == 1  # 1.5 to 1 against 4 to 1; the arithmetic mean (0.325 to 0.3) picks 0
+    assert np.isfinite(combined).all() and combined.sum() == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(average_probs([smoothed]), smoothed, atol=1e-7)
 
 
 def test_ensemble_of_one_run_twice_is_that_run(tiny_run: Path, images: np.ndarray) -> None:
@@ -179,8 +189,9 @@ def test_an_ensembles_validation_accuracy_is_scored_on_the_rows_its_runs_share(
     theirs.save(other)
     plain, flip, rows = predict.shared_validation([tiny_run, other], tta=2)
     assert rows == len(mine.labels)
-    assert plain == pytest.approx(((mine.probs + theirs.probs).argmax(1) == mine.labels).mean())
-    assert flip == pytest.approx(((mine.tta_probs + theirs.tta_probs).argmax(1) == mine.labels).mean())
+    log_sum = lambda name: np.log(getattr(mine, name)) + np.log(getattr(theirs, name))  # noqa: E731
+    assert plain == pytest.approx((log_sum("probs").argmax(1) == mine.labels).mean())
+    assert flip == pytest.approx((log_sum("tta_probs").argmax(1) == mine.labels).mean())
     shifted = checkpoint.Validation(mine.indices + 1, mine.images, mine.labels, mine.probs, mine.tta_probs)
     shifted.save(other)  # other rows: no figure applies
     assert predict.shared_validation([tiny_run, other], tta=2) is None

@@ -169,7 +169,8 @@ def average_probs(probs: list[np.ndarray]) -> np.ndarray:
 
 def run_probs(run_dir: Path, images: np.ndarray, tta: int = 1) -> np.ndarray:
     """A run's probabilities (exported inference model, else dygraph), averaged over `tta` views (1, 2 or 6);
-    for a cv folder, its folds' average_probs (a K-fold ensemble); for an ensemble folder, its members'."""
+    for a cv folder, its folds' combined by average_probs (a K-fold ensemble); for an ensemble folder, its
+    members'."""
     members = checkpoint.member_runs(run_dir)
     if members != [Path(run_dir)]:
         return average_probs([run_probs(member, images, tta) for member in members])
@@ -259,12 +260,12 @@ def _averaged(found: list[Optional[checkpoint.Validation]]) -> Optional[checkpoi
             any(not np.array_equal(v.indices, found[0].indices) for v in found):
         return None
 
-    def mean(name: str) -> Optional[np.ndarray]:
+    def combined(name: str) -> Optional[np.ndarray]:
         values = [getattr(v, name) for v in found]
         return None if any(value is None for value in values) else average_probs(values)
 
-    return dataclasses.replace(found[0], probs=mean("probs"), tta_probs=mean("tta_probs"),
-                               tta6_probs=mean("tta6_probs"))
+    return dataclasses.replace(found[0], probs=combined("probs"), tta_probs=combined("tta_probs"),
+                               tta6_probs=combined("tta6_probs"))
 
 
 def _archive_stem(runs: list[Path], val_acc: Optional[float]) -> str:

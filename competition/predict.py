@@ -79,7 +79,11 @@ def run_predictor(predictor: paddle.inference.Predictor, images: np.ndarray,
         logits.append(output.copy_to_cpu())
     if not logits:
         return np.zeros((0, N_CLASSES), np.float32)
-    logits = np.concatenate(logits)
+    return _softmax(np.concatenate(logits))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Rows of logits (or log-probabilities) [N, 10] as probabilities, in their dtype."""
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     return exp / exp.sum(axis=1, keepdims=True)
 
@@ -163,8 +167,7 @@ _LOG_FLOOR = float(np.finfo(np.float32).tiny)  # a float32 probability that unde
 def average_probs(probs: list[np.ndarray]) -> np.ndarray:
     """Several models' probabilities [N, 10] as one: their normalized geometric mean (float32)."""
     logs = np.mean([np.log(np.maximum(np.asarray(p, np.float64), _LOG_FLOOR)) for p in probs], axis=0)
-    weights = np.exp(logs - logs.max(axis=1, keepdims=True))
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    return _softmax(logs).astype(np.float32)
 
 
 def run_probs(run_dir: Path, images: np.ndarray, tta: int = 1) -> np.ndarray:

@@ -140,9 +140,9 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conv", choices=CONV_CHOICES, help="CPU conv and 2x2 max-pool kernels: onednn "
                    "(kernels.cc: about 2x faster, compiled once), paddle (Paddle's own), "
                    "auto (onednn when it builds; default)")
-    p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16: the CPU conv kernels train "
-                   "on bfloat16 copies of their inputs (about 1.6x faster on CPUs with AVX512-BF16 or AMX; "
-                   "weights, sums and validation stay float32)")
+    p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16: the CPU kernels train on "
+                   "bfloat16 activations and gradients (faster on CPUs with AVX512-BF16 or AMX; "
+                   "weights, sums, statistics and validation stay float32)")
     p.add_argument("--nproc", type=int, metavar="N", help="data-parallel processes; the global batch and "
                    "learning rate stay the same (default: one per CPU core or GPU; env COMPETITION_NPROC)")
 

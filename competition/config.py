@@ -65,9 +65,10 @@ class Config:
     # CPU conv and 2x2 max-pool layers: onednn (the compiled kernels of kernels.cc), paddle
     # (Paddle's own), or auto (onednn when they build, else paddle). Same results, ~2x faster.
     conv: str = "auto"
-    # fp32, or bf16: the CPU conv kernels read bfloat16 copies of their inputs while training
-    # (float32 weights, sums and results; validation stays float32); ~1.6x faster resnet steps
-    # on CPUs with AVX512-BF16 or AMX, float32 with a warning elsewhere.
+    # fp32, or bf16: in training the CPU kernels pass bfloat16 activations and gradients from one to
+    # the next and the convs read bfloat16 weights (float32 sums, weights, statistics and optimizer;
+    # validation stays float32); faster steps on CPUs with AVX512-BF16 or AMX (BENCHMARKS.md), float32
+    # with a warning elsewhere.
     precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, e.g. the command line
 

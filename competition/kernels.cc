@@ -6,10 +6,11 @@
 // convolution primitives (the library inside Paddle's own wheel) do the same arithmetic about 2x
 // faster. Built once by competition/kernels.py; the Python side falls back to Paddle's conv.
 //
-// onednn_conv2d(X, W, stride, padding, need_dx, bf16): NCHW float32, square stride and padding, no
-// dilation, no groups, no bias (every conv here feeds a BatchNorm). With bf16 the primitives read
-// bfloat16 copies of their inputs (X, W, the output gradient) and sum in float32 into float32
-// outputs: on CPUs with AVX512-BF16 a resnet training step took 292 ms instead of 468 ms. Its second
+// onednn_conv2d(X, W, stride, padding, need_dx, bf16, blocked, bf16_out): float32 (or, from these kernels,
+// bfloat16) X, square stride and padding, no dilation, no groups, no bias (every conv here feeds a
+// BatchNorm). With bf16 the primitives read bfloat16 copies of their inputs (X, W, the output gradient)
+// and sum in float32 into float32 outputs (bfloat16 with bf16_out, below): on CPUs with AVX512-BF16 a
+// resnet training step took 292 ms instead of 468 ms. Its second
 // output, XRead, is X as the forward read it (the bfloat16 copy), kept for the weight gradient.
 //
 // blocked: in training and validation, activations with a multiple of 16 channels pass between these
@@ -18,6 +19,14 @@
 // around every op. Reorders were 31% of oneDNN's time in a resnet 32x2 step (ONEDNN_VERBOSE,
 // 2026-11-30). onednn_batch_norm (batch statistics), onednn_batch_norm_infer (running statistics) and
 // max_pool2x2 take that layout too; onednn_to_plain turns it back to NCHW.
+//
+// bf16_out (CpuKernels.bf16_activations, with bf16 and blocked): training convs write bfloat16, and the
+// batch norms, ReLU, GELU, pooling, the residual add (onednn_add_relu) and fork take and give bfloat16, their
+// gradients too, as PyTorch's bfloat16 autocast keeps activations. Statistics, weights and their gradients
+// stay float32. A resnet 32x2 step of 64 images on one core took 88 ms instead of 107 ms (2026-12-01): no
+// float32 -> bfloat16 casts before the convs, half the bytes in every other pass, and Paddle's relu and
+// add (float32 only) replaced by oneDNN's.
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -56,27 +65,29 @@ struct Conv {
   dnnl::convolution_backward_weights bwd_wei;
 };
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool, bool>;
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool, bool, dt, dt>;
 
+// `x_type` and `out_type` are X's and Out's element types (float32, or bfloat16 activations); the
+// gradients have the same types as what they are gradients of.
 Conv& get_conv(const std::vector<int64_t>& x, const std::vector<int64_t>& w, int stride, int pad, bool bf16,
-               bool blocked) {
+               bool blocked, dt x_type, dt out_type) {
   static std::map<Key, std::unique_ptr<Conv>> cache;
   static std::mutex lock;
   std::lock_guard<std::mutex> guard(lock);
-  Key key{x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride, pad, bf16, blocked};
+  Key key{x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride, pad, bf16, blocked, x_type, out_type};
   auto found = cache.find(key);
   if (found != cache.end()) return *found->second;
   auto& eng = cpu_engine();
   int64_t oh = out_size(x[2], w[2], stride, pad), ow = out_size(x[3], w[3], stride, pad);
   auto c = std::make_unique<Conv>();
-  c->src = memory::desc({x[0], x[1], x[2], x[3]}, dt::f32, layout(x[1], blocked));
+  c->src = memory::desc({x[0], x[1], x[2], x[3]}, x_type, layout(x[1], blocked));
   c->wei = memory::desc({w[0], w[1], w[2], w[3]}, dt::f32, tag::oihw);
-  c->dst = memory::desc({x[0], w[0], oh, ow}, dt::f32, layout(w[0], blocked));
+  c->dst = memory::desc({x[0], w[0], oh, ow}, out_type, layout(w[0], blocked));
   memory::dims strides{stride, stride}, pads{pad, pad};
   // `any` lets oneDNN pick its blocked layouts: plain NCHW primitives measured ~16x slower.
   auto any = [](const memory::desc& md, dt type) { return memory::desc(md.get_dims(), type, tag::any); };
-  auto s = any(c->src, dt::f32), wd = any(c->wei, dt::f32), d = any(c->dst, dt::f32);
-  // What each primitive reads: bfloat16 copies when asked (results stay float32).
+  auto s = any(c->src, x_type), wd = any(c->wei, dt::f32), d = any(c->dst, out_type);
+  // What each primitive reads: bfloat16 copies when asked (the weight gradient stays float32).
   dt in = bf16 ? dt::bf16 : dt::f32;
   auto s_in = any(c->src, in), w_in = any(c->wei, in), d_in = any(c->dst, in);
   c->fwd_pd = dnnl::convolution_forward::primitive_desc(eng, dnnl::prop_kind::forward_training,
@@ -109,14 +120,20 @@ void copy_back(memory& result, memory& user, dnnl::stream& s) {
   if (result != user) dnnl::reorder(result, user).execute(s, result, user);
 }
 
-float* ptr(const paddle::Tensor& t) { return const_cast<float*>(t.data<float>()); }
+// Element types: activations are float32, or bfloat16 between the kernels (CpuKernels.bf16_activations).
+dt type_of(const paddle::Tensor& t) { return t.dtype() == paddle::DataType::BFLOAT16 ? dt::bf16 : dt::f32; }
+paddle::DataType paddle_type(dt type) {
+  return type == dt::bf16 ? paddle::DataType::BFLOAT16 : paddle::DataType::FLOAT32;
+}
 
 // Paddle's buffer `t` as oneDNN memory of layout `md`.
-memory wrap(const memory::desc& md, const paddle::Tensor& t) { return memory(md, cpu_engine(), ptr(t)); }
+memory wrap(const memory::desc& md, const paddle::Tensor& t) {
+  return memory(md, cpu_engine(), const_cast<void*>(t.data()));
+}
 
-// A new float32 CPU tensor of `shape`, for a kernel's result.
-paddle::Tensor empty_f32(const std::vector<int64_t>& shape) {
-  return paddle::empty(shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
+// A new CPU tensor of `shape` (float32 unless told), for a kernel's result.
+paddle::Tensor empty_f32(const std::vector<int64_t>& shape, dt type = dt::f32) {
+  return paddle::empty(shape, paddle_type(type), paddle::CPUPlace());
 }
 
 // X as the forward primitive reads it (a bfloat16 and/or re-laid copy), in a Paddle buffer that the
@@ -135,11 +152,12 @@ paddle::Tensor read_copy(const memory::desc& want, memory user, dnnl::stream& s,
 }  // namespace
 
 std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle::Tensor& w_in, int stride, int padding,
-                                        bool, bool bf16, bool blocked) {
+                                        bool, bool bf16, bool blocked, bool bf16_out) {
   auto x = x_in.contiguous(), w = w_in.contiguous();
-  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked);
+  dt out_type = bf16_out ? dt::bf16 : dt::f32;
+  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked, type_of(x), out_type);
   auto dims = c.dst.get_dims();
-  auto out = empty_f32({dims[0], dims[1], dims[2], dims[3]});
+  auto out = empty_f32({dims[0], dims[1], dims[2], dims[3]}, out_type);
   auto& eng = cpu_engine();
   dnnl::stream s(eng);
   memory src;
@@ -155,12 +173,12 @@ std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle
 
 std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddle::Tensor& w_in,
                                          const paddle::Tensor& x_read, const paddle::Tensor& dout_in, int stride,
-                                         int padding, bool need_dx, bool bf16, bool blocked) {
+                                         int padding, bool need_dx, bool bf16, bool blocked, bool bf16_out) {
   auto x = x_in.contiguous(), w = w_in.contiguous(), dout = dout_in.contiguous();
-  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked);
+  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked, type_of(x), bf16_out ? dt::bf16 : dt::f32);
   auto& eng = cpu_engine();
   dnnl::stream s(eng);
-  auto dx = empty_f32(x.shape());
+  auto dx = empty_f32(x.shape(), type_of(x));
   auto dw = empty_f32(w.shape());
   memory ddst_w = as_input(c.bwd_wei_pd.diff_dst_desc(), wrap(c.dst, dout), s);
   auto want = c.bwd_wei_pd.src_desc();
@@ -185,18 +203,19 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddl
 }
 
 std::vector<std::vector<int64_t>> ConvInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
-                                                 int stride, int padding, bool, bool, bool) {
+                                                 int stride, int padding, bool, bool, bool, bool) {
   return {{x[0], w[0], out_size(x[2], w[2], stride, padding), out_size(x[3], w[3], stride, padding)}, {-1}};
 }
 
-std::vector<paddle::DataType> ConvInferDtype(const paddle::DataType& x, const paddle::DataType& w) {
-  return {x, paddle::DataType::UINT8};
+std::vector<paddle::DataType> ConvInferDtype(const paddle::DataType& x, const paddle::DataType& w, int, int, bool, bool,
+                                             bool, bool bf16_out) {
+  return {bf16_out ? paddle::DataType::BFLOAT16 : paddle::DataType::FLOAT32, paddle::DataType::UINT8};
 }
 
 PD_BUILD_OP(onednn_conv2d)
     .Inputs({"X", "W"})
     .Outputs({"Out", "XRead"})
-    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "blocked: bool"})
+    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "blocked: bool", "bf16_out: bool"})
     .SetKernelFn(PD_KERNEL(ConvForward))
     .SetInferShapeFn(PD_INFER_SHAPE(ConvInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(ConvInferDtype));
@@ -204,7 +223,7 @@ PD_BUILD_OP(onednn_conv2d)
 PD_BUILD_GRAD_OP(onednn_conv2d)
     .Inputs({"X", "W", "XRead", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X"), paddle::Grad("W")})
-    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "blocked: bool"})
+    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "blocked: bool", "bf16_out: bool"})
     .SetKernelFn(PD_KERNEL(ConvBackward));
 
 // 2x2 max pooling with stride 2 (floor), NCHW float32, or nChw16c when `blocked` (see above). Paddle's
@@ -221,50 +240,45 @@ Planes planes_of(const std::vector<int64_t>& shape, bool blocked) {
   int64_t lanes = is_blocked(shape[1], blocked) ? 16 : 1;
   return {shape[0] * shape[1] / lanes, shape[2], shape[3], lanes};
 }
-}  // namespace
 
-std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x_in, bool blocked) {
-  auto x = x_in.contiguous();
-  auto shape = x.shape();
-  auto [planes, h, w, lanes] = planes_of(shape, blocked);
-  int64_t oh = h / 2, ow = w / 2, row = w * lanes;
-  auto out = empty_f32({shape[0], shape[1], oh, ow});
-  auto arg = paddle::empty({shape[0], shape[1], oh, ow}, paddle::DataType::UINT8, paddle::CPUPlace());
-  const float* src = x.data<float>();
-  float* dst = out.data<float>();
-  uint8_t* won = arg.data<uint8_t>();
-  for (int64_t c = 0; c < planes; ++c) {
-    const float* plane = src + c * h * row;
+// An element's value for comparing: float32 as it is, bfloat16 (its bits, uint16) widened to float32.
+float value(float v) { return v; }
+float value(uint16_t bits) {
+  uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float v;
+  std::memcpy(&v, &wide, sizeof v);
+  return v;
+}
+
+// The forward loops over planes of `T` (float, or uint16_t for bfloat16's bits): the winner is copied as is.
+template <typename T>
+void pool_forward(const T* src, T* dst, uint8_t* won, Planes p) {
+  int64_t oh = p.h / 2, ow = p.w / 2, row = p.w * p.lanes, lanes = p.lanes;
+  for (int64_t c = 0; c < p.planes; ++c) {
+    const T* plane = src + c * p.h * row;
     for (int64_t i = 0; i < oh; ++i) {
       for (int64_t j = 0; j < ow; ++j) {
         for (int64_t l = 0; l < lanes; ++l, ++dst, ++won) {
-          const float* p = plane + 2 * i * row + 2 * j * lanes + l;
-          float best = p[0];
+          const T* q = plane + 2 * i * row + 2 * j * lanes + l;
+          float best = value(q[0]);
           uint8_t k = 0;
-          if (p[lanes] > best) best = p[lanes], k = 1;
-          if (p[row] > best) best = p[row], k = 2;
-          if (p[row + lanes] > best) best = p[row + lanes], k = 3;
-          *dst = best;
+          if (value(q[lanes]) > best) best = value(q[lanes]), k = 1;
+          if (value(q[row]) > best) best = value(q[row]), k = 2;
+          if (value(q[row + lanes]) > best) best = value(q[row + lanes]), k = 3;
+          *dst = q[k == 0 ? 0 : k == 1 ? lanes : k == 2 ? row : row + lanes];
           *won = k;
         }
       }
     }
   }
-  return {out, arg};
 }
 
-std::vector<paddle::Tensor> MaxPoolBackward(const paddle::Tensor& x, const paddle::Tensor& arg_in,
-                                            const paddle::Tensor& dout_in, bool blocked) {
-  auto arg = arg_in.contiguous(), dout = dout_in.contiguous();
-  auto shape = x.shape();
-  auto [planes, h, w, lanes] = planes_of(shape, blocked);
-  int64_t oh = h / 2, ow = w / 2, row = w * lanes;
-  auto dx = paddle::zeros(shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  const float* grad = dout.data<float>();
-  const uint8_t* won = arg.data<uint8_t>();
-  float* out = dx.data<float>();
-  for (int64_t c = 0; c < planes; ++c) {
-    float* plane = out + c * h * row;
+// Each output gradient goes to the input that won; the other three stay 0.
+template <typename T>
+void pool_backward(const T* grad, const uint8_t* won, T* out, Planes p) {
+  int64_t oh = p.h / 2, ow = p.w / 2, row = p.w * p.lanes, lanes = p.lanes;
+  for (int64_t c = 0; c < p.planes; ++c) {
+    T* plane = out + c * p.h * row;
     for (int64_t i = 0; i < oh; ++i) {
       for (int64_t j = 0; j < ow; ++j) {
         for (int64_t l = 0; l < lanes; ++l, ++grad, ++won) {
@@ -272,6 +286,33 @@ std::vector<paddle::Tensor> MaxPoolBackward(const paddle::Tensor& x, const paddl
         }
       }
     }
+  }
+}
+}  // namespace
+
+std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x_in, bool blocked) {
+  auto x = x_in.contiguous();
+  auto shape = x.shape();
+  Planes p = planes_of(shape, blocked);
+  auto out = empty_f32({shape[0], shape[1], p.h / 2, p.w / 2}, type_of(x));
+  auto arg = paddle::empty({shape[0], shape[1], p.h / 2, p.w / 2}, paddle::DataType::UINT8, paddle::CPUPlace());
+  if (type_of(x) == dt::bf16) {
+    pool_forward(static_cast<const uint16_t*>(x.data()), static_cast<uint16_t*>(out.data()), arg.data<uint8_t>(), p);
+  } else {
+    pool_forward(x.data<float>(), out.data<float>(), arg.data<uint8_t>(), p);
+  }
+  return {out, arg};
+}
+
+std::vector<paddle::Tensor> MaxPoolBackward(const paddle::Tensor& x, const paddle::Tensor& arg_in,
+                                            const paddle::Tensor& dout_in, bool blocked) {
+  auto arg = arg_in.contiguous(), dout = dout_in.contiguous();
+  Planes p = planes_of(x.shape(), blocked);
+  auto dx = paddle::zeros(x.shape(), x.dtype(), paddle::CPUPlace());
+  if (type_of(x) == dt::bf16) {
+    pool_backward(static_cast<const uint16_t*>(dout.data()), arg.data<uint8_t>(), static_cast<uint16_t*>(dx.data()), p);
+  } else {
+    pool_backward(dout.data<float>(), arg.data<uint8_t>(), dx.data<float>(), p);
   }
   return {dx};
 }
@@ -309,16 +350,17 @@ struct Norm {
   dnnl::batch_normalization_backward bwd;
 };
 
-Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked, bool global_stats = false) {
-  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float, bool, bool>, std::unique_ptr<Norm>> cache;
+// `type`: the element type of the data and its gradients (the statistics, scale and shift stay float32).
+Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked, bool global_stats = false, dt type = dt::f32) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float, bool, bool, dt>, std::unique_ptr<Norm>> cache;
   static std::mutex lock;
   std::lock_guard<std::mutex> guard(lock);
-  auto key = std::make_tuple(x[0], x[1], x[2], x[3], eps, blocked, global_stats);
+  auto key = std::make_tuple(x[0], x[1], x[2], x[3], eps, blocked, global_stats, type);
   auto found = cache.find(key);
   if (found != cache.end()) return *found->second;
   auto& eng = cpu_engine();
   auto n = std::make_unique<Norm>();
-  n->data = memory::desc({x[0], x[1], x[2], x[3]}, dt::f32, layout(x[1], blocked));
+  n->data = memory::desc({x[0], x[1], x[2], x[3]}, type, layout(x[1], blocked));
   n->stat = memory::desc({x[1]}, dt::f32, tag::x);
   auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
   if (global_stats) {  // evaluation: the running statistics given, nothing to differentiate
@@ -351,8 +393,8 @@ void run_norm(Norm& n, const paddle::Tensor& x, const paddle::Tensor& out, const
 std::vector<paddle::Tensor> NormForward(const paddle::Tensor& x_in, const paddle::Tensor& scale,
                                         const paddle::Tensor& shift, float eps, bool blocked) {
   auto x = x_in.contiguous();
-  Norm& n = get_norm(x.shape(), eps, blocked);
-  auto out = empty_f32(x.shape()), mean = empty_f32({x.shape()[1]}), var = empty_f32({x.shape()[1]});
+  Norm& n = get_norm(x.shape(), eps, blocked, false, type_of(x));
+  auto out = empty_f32(x.shape(), type_of(x)), mean = empty_f32({x.shape()[1]}), var = empty_f32({x.shape()[1]});
   run_norm(n, x, out, scale, shift, mean, var);
   return {out, mean, var};
 }
@@ -361,8 +403,8 @@ std::vector<paddle::Tensor> NormBackward(const paddle::Tensor& x_in, const paddl
                                          const paddle::Tensor& mean, const paddle::Tensor& var,
                                          const paddle::Tensor& dout_in, float eps, bool blocked) {
   auto x = x_in.contiguous(), dout = dout_in.contiguous();
-  Norm& n = get_norm(x.shape(), eps, blocked);
-  auto dx = empty_f32(x.shape()), dscale = empty_f32({x.shape()[1]}), dshift = empty_f32({x.shape()[1]});
+  Norm& n = get_norm(x.shape(), eps, blocked, false, type_of(x));
+  auto dx = empty_f32(x.shape(), type_of(x)), dscale = empty_f32({x.shape()[1]}), dshift = empty_f32({x.shape()[1]});
   dnnl::stream s(cpu_engine());
   n.bwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DIFF_DST, wrap(n.data, dout)},
                     {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_MEAN, wrap(n.stat, mean)},
@@ -377,9 +419,9 @@ std::vector<std::vector<int64_t>> NormInferShape(const std::vector<int64_t>& x, 
   return {x, {x[1]}, {x[1]}};
 }
 
-std::vector<paddle::DataType> NormInferDtype(const paddle::DataType& x, const paddle::DataType&,
+std::vector<paddle::DataType> NormInferDtype(const paddle::DataType& x, const paddle::DataType& scale,
                                              const paddle::DataType&) {
-  return {x, x, x};
+  return {x, scale, scale};
 }
 
 PD_BUILD_OP(onednn_batch_norm)
@@ -431,13 +473,14 @@ PD_BUILD_OP(onednn_batch_norm_infer)
 // A blocked activation (nChw16c) as NCHW, for the Paddle ops that read channels (pooling heads, flatten);
 // its gradient goes the other way.
 namespace {
-paddle::Tensor relayout(const paddle::Tensor& x_in, tag from, tag to) {
+// `x` laid out as `from` into a new tensor laid out as `to`, of element type `type`.
+paddle::Tensor relayout(const paddle::Tensor& x_in, tag from, tag to, dt type) {
   auto x = x_in.contiguous();
   auto shape = x.shape();
-  auto out = empty_f32(shape);
+  auto out = empty_f32(shape, type);
   memory::dims dims{shape[0], shape[1], shape[2], shape[3]};
-  memory src(memory::desc(dims, dt::f32, from), cpu_engine(), ptr(x));
-  memory dst(memory::desc(dims, dt::f32, to), cpu_engine(), out.data<float>());
+  memory src = wrap(memory::desc(dims, type_of(x), from), x);
+  memory dst = wrap(memory::desc(dims, type, to), out);
   dnnl::stream s(cpu_engine());
   dnnl::reorder(src, dst).execute(s, src, dst);
   s.wait();
@@ -445,15 +488,195 @@ paddle::Tensor relayout(const paddle::Tensor& x_in, tag from, tag to) {
 }
 }  // namespace
 
-std::vector<paddle::Tensor> ToPlainForward(const paddle::Tensor& x) { return {relayout(x, tag::nChw16c, tag::nchw)}; }
-
-std::vector<paddle::Tensor> ToPlainBackward(const paddle::Tensor& dout) {
-  return {relayout(dout, tag::nchw, tag::nChw16c)};
+// A bfloat16 activation comes out as float32: the Paddle ops after it take float32 only.
+std::vector<paddle::Tensor> ToPlainForward(const paddle::Tensor& x) {
+  return {relayout(x, tag::nChw16c, tag::nchw, dt::f32)};
 }
 
-PD_BUILD_OP(onednn_to_plain).Inputs({"X"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(ToPlainForward));
+std::vector<paddle::Tensor> ToPlainBackward(const paddle::Tensor& x, const paddle::Tensor& dout) {
+  return {relayout(dout, tag::nchw, tag::nChw16c, type_of(x))};
+}
+
+std::vector<paddle::DataType> ToPlainInferDtype(const paddle::DataType&) { return {paddle::DataType::FLOAT32}; }
+
+PD_BUILD_OP(onednn_to_plain)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(ToPlainForward))
+    .SetInferDtypeFn(PD_INFER_DTYPE(ToPlainInferDtype));
 
 PD_BUILD_GRAD_OP(onednn_to_plain)
-    .Inputs({paddle::Grad("Out")})
+    .Inputs({"X", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X")})
     .SetKernelFn(PD_KERNEL(ToPlainBackward));
+
+// ReLU, and the residual ReLU(A + B), for bfloat16 activations: Paddle's CPU relu and add take no
+// bfloat16. Through oneDNN's eltwise and binary primitives (a ReLU post-op on the add); both gradients
+// come from the output (dX = dOut where Out > 0), so neither keeps its inputs. onednn_fork hands one
+// activation to two consumers and adds their gradients itself: Paddle's own sum of two bfloat16
+// gradients (imperative::TensorAdd, element by element) took about 8% of a resnet step (perf, 2026-12-01).
+namespace {
+struct Pointwise {
+  memory::desc data;
+  dnnl::eltwise_forward relu;
+  dnnl::binary add_relu, add;
+  dnnl::eltwise_backward relu_grad;
+};
+
+// The primitives for `numel` elements of `type`, laid out flat: each element is treated alike.
+Pointwise& get_pointwise(int64_t numel, dt type) {
+  static std::map<std::pair<int64_t, dt>, std::unique_ptr<Pointwise>> cache;
+  static std::mutex lock;
+  std::lock_guard<std::mutex> guard(lock);
+  auto found = cache.find({numel, type});
+  if (found != cache.end()) return *found->second;
+  auto& eng = cpu_engine();
+  auto p = std::make_unique<Pointwise>();
+  p->data = memory::desc({numel}, type, tag::a);
+  auto alg = dnnl::algorithm::eltwise_relu_use_dst_for_bwd;
+  auto fwd_pd = dnnl::eltwise_forward::primitive_desc(eng, dnnl::prop_kind::forward_training, alg, p->data, p->data);
+  p->relu = dnnl::eltwise_forward(fwd_pd);
+  dnnl::post_ops relu_after;
+  relu_after.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(relu_after);
+  p->add_relu = dnnl::binary(dnnl::binary::primitive_desc(eng, dnnl::algorithm::binary_add, p->data, p->data, p->data,
+                                                          attr));
+  p->add = dnnl::binary(dnnl::binary::primitive_desc(eng, dnnl::algorithm::binary_add, p->data, p->data, p->data));
+  p->relu_grad = dnnl::eltwise_backward(dnnl::eltwise_backward::primitive_desc(eng, alg, p->data, p->data, p->data,
+                                                                               fwd_pd));
+  return *cache.emplace(std::make_pair(numel, type), std::move(p)).first->second;
+}
+
+// dOut where Out > 0, into a new tensor shaped as Out.
+paddle::Tensor relu_grad(const paddle::Tensor& out, const paddle::Tensor& dout_in) {
+  auto dout = dout_in.contiguous();
+  Pointwise& p = get_pointwise(out.numel(), type_of(out));
+  auto dx = empty_f32(out.shape(), type_of(out));
+  dnnl::stream s(cpu_engine());
+  p.relu_grad.execute(s, {{DNNL_ARG_DST, wrap(p.data, out)}, {DNNL_ARG_DIFF_DST, wrap(p.data, dout)},
+                          {DNNL_ARG_DIFF_SRC, wrap(p.data, dx)}});
+  s.wait();
+  return dx;
+}
+}  // namespace
+
+std::vector<paddle::Tensor> ReluForward(const paddle::Tensor& x_in) {
+  auto x = x_in.contiguous();
+  Pointwise& p = get_pointwise(x.numel(), type_of(x));
+  auto out = empty_f32(x.shape(), type_of(x));
+  dnnl::stream s(cpu_engine());
+  p.relu.execute(s, {{DNNL_ARG_SRC, wrap(p.data, x)}, {DNNL_ARG_DST, wrap(p.data, out)}});
+  s.wait();
+  return {out};
+}
+
+std::vector<paddle::Tensor> ReluBackward(const paddle::Tensor& out, const paddle::Tensor& dout) {
+  return {relu_grad(out, dout)};
+}
+
+PD_BUILD_OP(onednn_relu).Inputs({"X"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(ReluForward));
+
+PD_BUILD_GRAD_OP(onednn_relu)
+    .Inputs({"Out", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X")})
+    .SetKernelFn(PD_KERNEL(ReluBackward));
+
+std::vector<paddle::Tensor> AddReluForward(const paddle::Tensor& a_in, const paddle::Tensor& b_in) {
+  auto a = a_in.contiguous(), b = b_in.contiguous();
+  PD_CHECK(a.dtype() == b.dtype() && a.numel() == b.numel(), "onednn_add_relu: A and B differ in type or size");
+  Pointwise& p = get_pointwise(a.numel(), type_of(a));
+  auto out = empty_f32(a.shape(), type_of(a));
+  dnnl::stream s(cpu_engine());
+  p.add_relu.execute(s, {{DNNL_ARG_SRC_0, wrap(p.data, a)}, {DNNL_ARG_SRC_1, wrap(p.data, b)},
+                         {DNNL_ARG_DST, wrap(p.data, out)}});
+  s.wait();
+  return {out};
+}
+
+// Both inputs get the same gradient, in two tensors: Paddle may add further gradients into either.
+std::vector<paddle::Tensor> AddReluBackward(const paddle::Tensor& out, const paddle::Tensor& dout) {
+  auto da = relu_grad(out, dout);
+  return {da, da.copy_to(paddle::CPUPlace(), true)};
+}
+
+PD_BUILD_OP(onednn_add_relu).Inputs({"A", "B"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(AddReluForward));
+
+PD_BUILD_GRAD_OP(onednn_add_relu)
+    .Inputs({"Out", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("A"), paddle::Grad("B")})
+    .SetKernelFn(PD_KERNEL(AddReluBackward));
+
+// X twice, for two consumers (a residual block's body and shortcut); the gradient is the sum of theirs.
+std::vector<paddle::Tensor> ForkForward(const paddle::Tensor& x) { return {x, x}; }
+
+std::vector<paddle::Tensor> ForkBackward(const paddle::Tensor& da_in, const paddle::Tensor& db_in) {
+  auto da = da_in.contiguous(), db = db_in.contiguous();
+  Pointwise& p = get_pointwise(da.numel(), type_of(da));
+  auto dx = empty_f32(da.shape(), type_of(da));
+  dnnl::stream s(cpu_engine());
+  p.add.execute(s, {{DNNL_ARG_SRC_0, wrap(p.data, da)}, {DNNL_ARG_SRC_1, wrap(p.data, db)},
+                    {DNNL_ARG_DST, wrap(p.data, dx)}});
+  s.wait();
+  return {dx};
+}
+
+// GELU (erf, as paddle.nn.GELU's default) of a bfloat16 activation; its gradient reads X.
+namespace {
+struct Gelu {
+  memory::desc data;
+  dnnl::eltwise_forward fwd;
+  dnnl::eltwise_backward bwd;
+};
+
+Gelu& get_gelu(int64_t numel, dt type) {
+  static std::map<std::pair<int64_t, dt>, std::unique_ptr<Gelu>> cache;
+  static std::mutex lock;
+  std::lock_guard<std::mutex> guard(lock);
+  auto found = cache.find({numel, type});
+  if (found != cache.end()) return *found->second;
+  auto& eng = cpu_engine();
+  auto g = std::make_unique<Gelu>();
+  g->data = memory::desc({numel}, type, tag::a);
+  auto alg = dnnl::algorithm::eltwise_gelu_erf;
+  auto fwd_pd = dnnl::eltwise_forward::primitive_desc(eng, dnnl::prop_kind::forward_training, alg, g->data, g->data);
+  g->fwd = dnnl::eltwise_forward(fwd_pd);
+  g->bwd = dnnl::eltwise_backward(dnnl::eltwise_backward::primitive_desc(eng, alg, g->data, g->data, g->data, fwd_pd));
+  return *cache.emplace(std::make_pair(numel, type), std::move(g)).first->second;
+}
+}  // namespace
+
+std::vector<paddle::Tensor> GeluForward(const paddle::Tensor& x_in) {
+  auto x = x_in.contiguous();
+  Gelu& g = get_gelu(x.numel(), type_of(x));
+  auto out = empty_f32(x.shape(), type_of(x));
+  dnnl::stream s(cpu_engine());
+  g.fwd.execute(s, {{DNNL_ARG_SRC, wrap(g.data, x)}, {DNNL_ARG_DST, wrap(g.data, out)}});
+  s.wait();
+  return {out};
+}
+
+std::vector<paddle::Tensor> GeluBackward(const paddle::Tensor& x_in, const paddle::Tensor& dout_in) {
+  auto x = x_in.contiguous(), dout = dout_in.contiguous();
+  Gelu& g = get_gelu(x.numel(), type_of(x));
+  auto dx = empty_f32(x.shape(), type_of(x));
+  dnnl::stream s(cpu_engine());
+  g.bwd.execute(s, {{DNNL_ARG_SRC, wrap(g.data, x)}, {DNNL_ARG_DIFF_DST, wrap(g.data, dout)},
+                    {DNNL_ARG_DIFF_SRC, wrap(g.data, dx)}});
+  s.wait();
+  return {dx};
+}
+
+PD_BUILD_OP(onednn_gelu).Inputs({"X"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(GeluForward));
+
+PD_BUILD_GRAD_OP(onednn_gelu)
+    .Inputs({"X", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X")})
+    .SetKernelFn(PD_KERNEL(GeluBackward));
+
+PD_BUILD_OP(onednn_fork).Inputs({"X"}).Outputs({"A", "B"}).SetKernelFn(PD_KERNEL(ForkForward));
+
+PD_BUILD_GRAD_OP(onednn_fork)
+    .Inputs({paddle::Grad("A"), paddle::Grad("B")})
+    .Outputs({paddle::Grad("X")})
+    .SetKernelFn(PD_KERNEL(ForkBackward));

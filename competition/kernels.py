@@ -133,7 +133,10 @@ class CpuKernels:
     A layer built without one runs Paddle's own ops; `bf16` has the training convs read
     bfloat16 copies of their inputs (float32 weights, sums and results); `blocked` has activations
     with a multiple of 16 channels stay in oneDNN's nChw16c layout between the kernels (kernels.cc)
-    in training and validation, so the layers reading channels must all be the kernels' own.
+    in training and validation, so the layers reading channels must all be the kernels' own; with
+    `bf16_activations` too, training activations and their gradients between the kernels are bfloat16
+    (conv outputs, batch norms, ReLU, GELU, pooling, residual adds), so no conv casts its input and each
+    pass over memory moves half.
     """
 
     # Why not paddle.amp: under paddle.amp.auto_cast(dtype="bfloat16") Paddle 3.3's CPU convs stay
@@ -142,13 +145,33 @@ class CpuKernels:
 
     bf16: bool = False
     blocked: bool = True
+    bf16_activations: bool = False
 
     def conv2d(self, x: paddle.Tensor, weight: paddle.Tensor, stride: int, padding: int,
                blocked: bool = False) -> paddle.Tensor:
-        """oneDNN conv of float32 `x` with `weight` (out, in, kh, kw); no bias, dilation or groups."""
+        """oneDNN conv of `x` (float32, or bfloat16 from these kernels) with `weight` (out, in, kh, kw);
+        no bias, dilation or groups."""
         # bfloat16 only where gradients flow: validation, reports and predictions stay float32.
         bf16 = self.bf16 and paddle.is_grad_enabled()
-        return load().onednn_conv2d(x, weight, stride, padding, not x.stop_gradient, bf16, blocked)[0]
+        bf16_out = bf16 and self.bf16_activations and blocked and weight.shape[0] % 16 == 0
+        return load().onednn_conv2d(x, weight, stride, padding, not x.stop_gradient, bf16, blocked, bf16_out)[0]
+
+    def relu(self, x: paddle.Tensor) -> paddle.Tensor:
+        """max(x, 0) of a bfloat16 activation (Paddle's CPU relu takes float32 only)."""
+        return load().onednn_relu(x)
+
+    def gelu(self, x: paddle.Tensor) -> paddle.Tensor:
+        """GELU (erf) of a bfloat16 activation (Paddle's CPU gelu takes float32 only)."""
+        return load().onednn_gelu(x)
+
+    def fork(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """A bfloat16 activation for two consumers, whose gradients the kernel sums (not Paddle, slowly)."""
+        a, b = load().onednn_fork(x)
+        return a, b
+
+    def add_relu(self, a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
+        """max(a + b, 0) of two bfloat16 activations of one shape (a residual block's end)."""
+        return load().onednn_add_relu(a, b)
 
     def max_pool2x2(self, x: paddle.Tensor, blocked: bool = False) -> paddle.Tensor:
         """2x2 max pooling with stride 2 of float32 `x` (odd sizes floor, as Paddle's)."""
@@ -166,5 +189,5 @@ class CpuKernels:
         return load().onednn_batch_norm_infer(x, scale, shift, mean, variance, eps, blocked)
 
     def to_plain(self, x: paddle.Tensor) -> paddle.Tensor:
-        """A blocked activation (a multiple of 16 channels) as NCHW; other tensors as they are."""
+        """A blocked activation (a multiple of 16 channels) as float32 NCHW; other tensors as they are."""
         return load().onednn_to_plain(x) if x.shape[1] % 16 == 0 else x

@@ -15,8 +15,14 @@ N_CLASSES = 10
 
 
 def _kernel_input(x: paddle.Tensor) -> bool:
-    """Whether kernels.cc may take `x`: dynamic mode, a float32 NCHW tensor on the CPU."""
-    return paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32 and x.ndim == 4
+    """Whether kernels.cc may take `x`: dynamic mode, a float32 (or the kernels' bfloat16) NCHW tensor on the CPU."""
+    return (paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype in (paddle.float32, paddle.bfloat16)
+            and x.ndim == 4)
+
+
+def _bf16(x: paddle.Tensor) -> bool:
+    """Whether `x` is one of the kernels' bfloat16 training activations (CpuKernels.bf16_activations)."""
+    return paddle.in_dynamic_mode() and x.dtype == paddle.bfloat16
 
 
 def _blocked(layer: nn.Layer, x: paddle.Tensor) -> bool:
@@ -100,6 +106,30 @@ class BatchNorm2D(nn.BatchNorm2D):
         return out
 
 
+class ReLU(nn.ReLU):
+    """paddle.nn.ReLU that also takes the kernels' bfloat16 training activations."""
+
+    def __init__(self, kernels: Optional[CpuKernels] = None):
+        super().__init__()
+        self._kernels = kernels
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """max(x, 0)."""
+        return self._kernels.relu(x) if _bf16(x) else super().forward(x)
+
+
+class GELU(nn.GELU):
+    """paddle.nn.GELU (erf) that also takes the kernels' bfloat16 training activations."""
+
+    def __init__(self, kernels: Optional[CpuKernels] = None):
+        super().__init__()
+        self._kernels = kernels
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        """x * Phi(x)."""
+        return self._kernels.gelu(x) if _bf16(x) else super().forward(x)
+
+
 # AdaptiveAvgPool2D and Flatten repeat each other on purpose: one mixin for both broke paddle.jit.save,
 # whose dy2static rewrite of forward() turned its super() call into endless recursion.
 class AdaptiveAvgPool2D(nn.AdaptiveAvgPool2D):
@@ -160,7 +190,7 @@ def build_cnn(width: int = 16, hidden: int = 0, kernels: Optional[CpuKernels] = 
     def block(c_in: int, c_out: int, k: int, pad: int = 0) -> list[nn.Layer]:
         # BatchNorm's shift makes a conv bias redundant; dropping it saves ~29% of a CPU step.
         return [Conv2D(c_in, c_out, k, padding=pad, bias_attr=False, kernels=kernels),
-                BatchNorm2D(c_out, kernels=kernels), nn.ReLU()]
+                BatchNorm2D(c_out, kernels=kernels), ReLU(kernels)]
 
     # A hidden layer is cheap capacity on a CPU: 1600x256 multiply-adds next to the convs' 2.8M.
     head = [nn.Linear(100 * width, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES)] if hidden else \
@@ -193,7 +223,8 @@ class BasicBlock(nn.Layer):
         self.bn1 = BatchNorm2D(c_out, kernels=kernels)
         self.conv2 = Conv2D(c_out, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
         self.bn2 = BatchNorm2D(c_out, kernels=kernels)
-        self.relu = nn.ReLU()
+        self.relu = ReLU(kernels)
+        self._kernels = kernels
         # Identity as a layer, not an `if` in forward(): the graph stays the same for paddle.jit.save.
         self.shortcut: nn.Layer = nn.Identity()
         if stride != 1 or c_in != c_out:
@@ -202,8 +233,13 @@ class BasicBlock(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        # The kernels' bfloat16 activations take their own fork and add: Paddle's take no bfloat16.
+        x_body, x_short = self._kernels.fork(x) if _bf16(x) else (x, x)
+        body = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x_body)))))
+        shortcut = self.shortcut(x_short)
+        if _bf16(body):
+            return self._kernels.add_relu(body, shortcut)
+        return self.relu(body + shortcut)
 
 
 def build_resnet(width: int = 32, depth: int = 2, kernels: Optional[CpuKernels] = None) -> nn.Layer:
@@ -211,7 +247,7 @@ def build_resnet(width: int = 32, depth: int = 2, kernels: Optional[CpuKernels] 
     _check_sizes("resnet", width=width, depth=depth)
     # No conv bias anywhere: each conv feeds a BatchNorm, whose shift replaces it.
     layers: list[nn.Layer] = [Conv2D(1, width, 3, padding=1, bias_attr=False, kernels=kernels),
-                              BatchNorm2D(width, kernels=kernels), nn.ReLU()]
+                              BatchNorm2D(width, kernels=kernels), ReLU(kernels)]
     c_in = width
     for stage, c_out in enumerate((width, 2 * width, 4 * width)):
         for block in range(depth):
@@ -277,8 +313,8 @@ def build_airnet(width: int = 64, kernels: Optional[CpuKernels] = None) -> nn.La
         first = Conv2D(c_in, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
         second = Conv2D(c_out, c_out, 3, padding=1, bias_attr=False, kernels=kernels)
         _identity_init(first), _identity_init(second)
-        return [first, MaxPool2D(2, kernels=kernels), _norm(c_out, kernels), nn.GELU(), second, _norm(c_out, kernels),
-                nn.GELU()]
+        return [first, MaxPool2D(2, kernels=kernels), _norm(c_out, kernels), GELU(kernels), second,
+                _norm(c_out, kernels), GELU(kernels)]
 
     return nn.Sequential(Whitening(), nn.GELU(), *group(8, width), *group(width, 4 * width),
                          *group(4 * width, 4 * width), MaxPool2D(3, kernels=kernels), nn.Flatten(),

@@ -45,13 +45,14 @@ class Runtime:
 
     def cpu_kernels(self) -> Optional[CpuKernels]:
         """The kernels the model's layers are built with; None: Paddle's own ops."""
-        return CpuKernels(bf16=self.precision == "bf16") if self.kernels == "onednn" else None
+        bf16 = self.precision == "bf16"
+        return CpuKernels(bf16=bf16, bf16_activations=bf16) if self.kernels == "onednn" else None
 
     def describe(self) -> str:
         """One line for the log and report.md: `cpu x2 (Paddle 3.2.0, conv and pool kernels of kernels.cc)`."""
         note = {"onednn": ", conv and pool kernels of kernels.cc"}.get(self.kernels, "")
         if self.kernels == "onednn" and self.precision == "bf16":
-            note += ", convs reading bfloat16"
+            note += ", training in bfloat16"
         nodes = f" on {self.nnodes} nodes" if self.nnodes > 1 else ""
         return f"{self.device} x{self.world}{nodes} (Paddle {self.paddle}{note})"
 

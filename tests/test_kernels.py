@@ -162,10 +162,12 @@ def test_blocked_evaluation_norm_uses_the_running_statistics_as_paddles(onednn) 
         np.testing.assert_allclose(ours.numpy(), layout(theirs.numpy()), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("choice", ["fp32", "bf16"])
 @pytest.mark.parametrize("model, options", [("resnet", {"width": 16, "depth": 1}), ("airnet", {"width": 16})], ids=str)
-def test_evaluation_and_no_grad_match_paddles_ops(onednn, model: str, options: dict) -> None:
-    paddle.seed(0)
-    net = build_model(model, ONEDNN, **options)
+def test_evaluation_and_no_grad_match_paddles_ops(onednn, model: str, options: dict, choice: str) -> None:
+    paddle.seed(0)  # bf16 trains in bfloat16, but validation and no_grad calls stay float32
+    net = build_model(model, ONEDNN if choice == "fp32" else kernels.CpuKernels(bf16=True, bf16_activations=True),
+                      **options)
     reference = build_model(model, None, **options)
     reference.set_state_dict(net.state_dict())
     x = paddle.rand([4, 1, 28, 28])
@@ -247,7 +249,7 @@ def test_an_unwritable_cache_or_a_failed_compile_falls_back_with_the_reason(monk
     assert (tmp_path / "build" / "build.log").is_file()
 
 
-BF16 = kernels.CpuKernels(bf16=True)
+BF16 = kernels.CpuKernels(bf16=True, bf16_activations=True)
 
 
 @pytest.fixture
@@ -296,3 +298,93 @@ def test_bf16_without_cpu_support_or_kernels_trains_in_float32_and_says_so(onedn
     ran = resolve("paddle", "bf16")
     assert ran.kernels == "paddle" and ran.precision == "fp32"
     assert "float32, not bfloat16: it needs the oneDNN kernels (this run: --conv paddle)" in ran.notes[0]
+
+
+
+def rounded(shape: tuple, seed: int, spread: float = 2.0) -> np.ndarray:
+    """Random float32 values that bfloat16 holds exactly, so both sides of a comparison see the same."""
+    values = np.random.default_rng(seed).normal(0.3, spread, shape).astype(np.float32)
+    return paddle.to_tensor(values).astype("bfloat16").astype("float32").numpy()
+
+
+def bf16_and_paddle(ours, theirs, inputs: list[np.ndarray], layout=lambda a: a) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ours, theirs) pairs of every output and input gradient: `ours` on bfloat16 tensors laid out by `layout`,
+    Paddle's float32 `theirs` on the same values (its results laid out alike); ours must stay bfloat16."""
+    results = []
+    for op, dtype, arrange in ((ours, "bfloat16", layout), (theirs, "float32", lambda a: a)):
+        tensors = [paddle.to_tensor(arrange(a)).astype(dtype) for a in inputs]
+        for t in tensors:
+            t.stop_gradient = False
+        outputs = op(*tensors)
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        upstream = [rounded(o.shape, 10 + k) for k, o in enumerate(outputs)]
+        sum((o.astype("float32") * paddle.to_tensor(arrange(u))).sum() for o, u in zip(outputs, upstream)).backward()
+        results.append([*outputs, *(t.grad for t in tensors)])
+    for ours_t in results[0]:
+        assert ours_t.dtype == paddle.bfloat16  # outputs and gradients alike
+    return [(a.astype("float32").numpy(), layout(b.numpy())) for a, b in zip(*results)]
+
+
+def test_bf16_activation_ops_match_paddles_float32_ops_on_the_same_values(onednn_bf16) -> None:
+    x, y = rounded((2, 32, 6, 7), 1), rounded((2, 32, 6, 7), 2)
+    scale, shift = paddle.rand([32]) + 0.5, paddle.randn([32])
+    norm = lambda t, b: BF16.batch_norm(t, scale, shift, 1e-5, b)[0]  # noqa: E731
+    paddles_norm = lambda t: F.batch_norm(t, paddle.zeros([32]), paddle.ones([32]), scale, shift,  # noqa: E731
+                                          training=True, epsilon=1e-5)
+    cases = [(BF16.relu, F.relu, [x]), (BF16.gelu, F.gelu, [x]),
+             (BF16.add_relu, lambda a, b: F.relu(a + b), [x, y]),
+             (BF16.fork, lambda t: (t * 1, t * 1), [x]),  # two consumers: the gradient is the sum of theirs
+             (lambda t: BF16.max_pool2x2(t, False), lambda t: F.max_pool2d(t, 2), [F.relu(paddle.to_tensor(x)).numpy()]),
+             (lambda t: norm(t, False), paddles_norm, [x * 3 + 1])]
+    for ours, theirs, inputs in cases:
+        for a, b in bf16_and_paddle(ours, theirs, inputs):
+            np.testing.assert_allclose(a, b, rtol=2 ** -7, atol=2 ** -7 * np.abs(b).max())
+    for ours, theirs, inputs in ((lambda t: BF16.max_pool2x2(t, True), lambda t: F.max_pool2d(t, 2), [x]),
+                                 (lambda t: norm(t, True), paddles_norm, [x * 3 + 1])):  # the blocked layout
+        for a, b in bf16_and_paddle(ours, theirs, inputs, blocked):
+            np.testing.assert_allclose(a, b, rtol=2 ** -7, atol=2 ** -7 * np.abs(b).max())
+
+
+def test_bf16_convs_hand_bfloat16_activations_on_when_blocked(onednn_bf16) -> None:
+    x = rounded((2, 16, 10, 10), 3)
+    w = paddle.to_tensor(rounded((32, 16, 3, 3), 4, 0.2), stop_gradient=False)
+    for layout, is_blocked in ((blocked, True), (lambda a: a, False)):
+        for dtype in ("float32", "bfloat16"):  # the first conv reads the images in float32
+            t = paddle.to_tensor(layout(x)).astype(dtype)
+            t.stop_gradient = False
+            out = BF16.conv2d(t, w, 1, 1, is_blocked)
+            expected = F.conv2d(paddle.to_tensor(x), w, padding=1).numpy()
+            assert out.dtype == (paddle.bfloat16 if is_blocked else paddle.float32)  # NCHW stays float32
+            np.testing.assert_allclose(out.astype("float32").numpy(), layout(expected), rtol=2 ** -7,
+                                       atol=2 ** -6 * np.abs(expected).max())
+            out.astype("float32").sum().backward()
+            assert t.grad.dtype == t.dtype and w.grad.dtype == paddle.float32  # weights stay float32
+            w.clear_gradient()
+
+
+@pytest.mark.parametrize("model, options", MODELS, ids=str)
+def test_bf16_activations_train_the_models_close_to_float32(onednn_bf16, model: str, options: dict) -> None:
+    x, y = paddle.rand([16, 1, 28, 28]), paddle.randint(0, 10, [16])
+    results, seen = [], []
+    for choice in (BF16, ONEDNN):
+        paddle.seed(0)
+        net = build_model(model, choice, **options)
+        hooks = [layer.register_forward_post_hook(lambda layer, inputs, out: seen.append((out.shape[1], out.dtype)))
+                 for layer in net.sublayers() if isinstance(layer, BatchNorm2D)]
+        logits = net(x)
+        F.cross_entropy(logits, y).backward()
+        for hook in hooks:
+            hook.remove()
+        grads = {name: p.grad.numpy() for name, p in net.named_parameters() if p.grad is not None}
+        results.append((logits.numpy(), grads))
+    half = len(seen) // 2  # every norm whose channels fill blocks of 16 is bfloat16, the others float32
+    assert [dtype for _, dtype in seen[:half]] == [paddle.bfloat16 if c % 16 == 0 else paddle.float32
+                                                   for c, _ in seen[:half]]
+    assert {dtype for _, dtype in seen[half:]} == {paddle.float32} and paddle.bfloat16 in dict(seen[:half]).values()
+    (ours, our_grads), (theirs, their_grads) = results
+    np.testing.assert_allclose(ours, theirs, atol=0.05 * np.abs(theirs).max())
+    assert our_grads.keys() == their_grads.keys()
+    for name, grad in their_grads.items():  # float32, and pointing the same way
+        assert our_grads[name].dtype == np.float32 and np.isfinite(our_grads[name]).all()
+        cosine = (our_grads[name] * grad).sum() / np.linalg.norm(our_grads[name]) / np.linalg.norm(grad)
+        assert cosine > 0.9, name

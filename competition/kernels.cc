@@ -510,17 +510,17 @@ PD_BUILD_GRAD_OP(onednn_to_plain)
     .Outputs({paddle::Grad("X")})
     .SetKernelFn(PD_KERNEL(ToPlainBackward));
 
-// ReLU, and the residual ReLU(A + B), for bfloat16 activations: Paddle's CPU relu and add take no
-// bfloat16. Through oneDNN's eltwise and binary primitives (a ReLU post-op on the add); both gradients
-// come from the output (dX = dOut where Out > 0), so neither keeps its inputs. onednn_fork hands one
+// ReLU, GELU, and the residual ReLU(A + B), for bfloat16 activations: Paddle's CPU relu, gelu and add take no
+// bfloat16. Through oneDNN's eltwise and binary primitives (a ReLU post-op on the add); the ReLUs'
+// gradients come from their output (dX = dOut where Out > 0), so they keep no inputs. onednn_fork hands one
 // activation to two consumers and adds their gradients itself: Paddle's own sum of two bfloat16
 // gradients (imperative::TensorAdd, element by element) took about 8% of a resnet step (perf, 2026-12-01).
 namespace {
 struct Pointwise {
   memory::desc data;
-  dnnl::eltwise_forward relu;
+  dnnl::eltwise_forward relu, gelu;
   dnnl::binary add_relu, add;
-  dnnl::eltwise_backward relu_grad;
+  dnnl::eltwise_backward relu_grad, gelu_grad;
 };
 
 // The primitives for `numel` elements of `type`, laid out flat: each element is treated alike.
@@ -543,33 +543,49 @@ Pointwise& get_pointwise(int64_t numel, dt type) {
   p->add_relu = dnnl::binary(dnnl::binary::primitive_desc(eng, dnnl::algorithm::binary_add, p->data, p->data, p->data,
                                                           attr));
   p->add = dnnl::binary(dnnl::binary::primitive_desc(eng, dnnl::algorithm::binary_add, p->data, p->data, p->data));
+  // GELU: erf, as paddle.nn.GELU's default.
+  auto gelu_pd = dnnl::eltwise_forward::primitive_desc(eng, dnnl::prop_kind::forward_training,
+                                                       dnnl::algorithm::eltwise_gelu_erf, p->data, p->data);
+  p->gelu = dnnl::eltwise_forward(gelu_pd);
+  p->gelu_grad = dnnl::eltwise_backward(dnnl::eltwise_backward::primitive_desc(
+      eng, dnnl::algorithm::eltwise_gelu_erf, p->data, p->data, p->data, gelu_pd));
   p->relu_grad = dnnl::eltwise_backward(dnnl::eltwise_backward::primitive_desc(eng, alg, p->data, p->data, p->data,
                                                                                fwd_pd));
   return *cache.emplace(std::make_pair(numel, type), std::move(p)).first->second;
 }
 
-// dOut where Out > 0, into a new tensor shaped as Out.
-paddle::Tensor relu_grad(const paddle::Tensor& out, const paddle::Tensor& dout_in) {
-  auto dout = dout_in.contiguous();
-  Pointwise& p = get_pointwise(out.numel(), type_of(out));
-  auto dx = empty_f32(out.shape(), type_of(out));
-  dnnl::stream s(cpu_engine());
-  p.relu_grad.execute(s, {{DNNL_ARG_DST, wrap(p.data, out)}, {DNNL_ARG_DIFF_DST, wrap(p.data, dout)},
-                          {DNNL_ARG_DIFF_SRC, wrap(p.data, dx)}});
-  s.wait();
-  return dx;
-}
-}  // namespace
-
-std::vector<paddle::Tensor> ReluForward(const paddle::Tensor& x_in) {
+// Pointwise primitive `op` applied to `x` (forward) into a new tensor of its shape and type.
+paddle::Tensor eltwise(dnnl::eltwise_forward Pointwise::*op, const paddle::Tensor& x_in) {
   auto x = x_in.contiguous();
   Pointwise& p = get_pointwise(x.numel(), type_of(x));
   auto out = empty_f32(x.shape(), type_of(x));
   dnnl::stream s(cpu_engine());
-  p.relu.execute(s, {{DNNL_ARG_SRC, wrap(p.data, x)}, {DNNL_ARG_DST, wrap(p.data, out)}});
+  (p.*op).execute(s, {{DNNL_ARG_SRC, wrap(p.data, x)}, {DNNL_ARG_DST, wrap(p.data, out)}});
   s.wait();
-  return {out};
+  return out;
 }
+
+// The gradient `op` gives dOut at the values it reads (`arg`: DNNL_ARG_DST for ReLU's output, DNNL_ARG_SRC
+// for GELU's input), into a new tensor of their shape and type.
+paddle::Tensor eltwise_grad(dnnl::eltwise_backward Pointwise::*op, int arg, const paddle::Tensor& at,
+                            const paddle::Tensor& dout_in) {
+  auto dout = dout_in.contiguous();
+  Pointwise& p = get_pointwise(at.numel(), type_of(at));
+  auto dx = empty_f32(at.shape(), type_of(at));
+  dnnl::stream s(cpu_engine());
+  (p.*op).execute(s, {{arg, wrap(p.data, at.contiguous())}, {DNNL_ARG_DIFF_DST, wrap(p.data, dout)},
+                      {DNNL_ARG_DIFF_SRC, wrap(p.data, dx)}});
+  s.wait();
+  return dx;
+}
+
+// dOut where Out > 0.
+paddle::Tensor relu_grad(const paddle::Tensor& out, const paddle::Tensor& dout) {
+  return eltwise_grad(&Pointwise::relu_grad, DNNL_ARG_DST, out, dout);
+}
+}  // namespace
+
+std::vector<paddle::Tensor> ReluForward(const paddle::Tensor& x) { return {eltwise(&Pointwise::relu, x)}; }
 
 std::vector<paddle::Tensor> ReluBackward(const paddle::Tensor& out, const paddle::Tensor& dout) {
   return {relu_grad(out, dout)};
@@ -621,50 +637,11 @@ std::vector<paddle::Tensor> ForkBackward(const paddle::Tensor& da_in, const padd
   return {dx};
 }
 
-// GELU (erf, as paddle.nn.GELU's default) of a bfloat16 activation; its gradient reads X.
-namespace {
-struct Gelu {
-  memory::desc data;
-  dnnl::eltwise_forward fwd;
-  dnnl::eltwise_backward bwd;
-};
+// GELU of a bfloat16 activation; its gradient reads X.
+std::vector<paddle::Tensor> GeluForward(const paddle::Tensor& x) { return {eltwise(&Pointwise::gelu, x)}; }
 
-Gelu& get_gelu(int64_t numel, dt type) {
-  static std::map<std::pair<int64_t, dt>, std::unique_ptr<Gelu>> cache;
-  static std::mutex lock;
-  std::lock_guard<std::mutex> guard(lock);
-  auto found = cache.find({numel, type});
-  if (found != cache.end()) return *found->second;
-  auto& eng = cpu_engine();
-  auto g = std::make_unique<Gelu>();
-  g->data = memory::desc({numel}, type, tag::a);
-  auto alg = dnnl::algorithm::eltwise_gelu_erf;
-  auto fwd_pd = dnnl::eltwise_forward::primitive_desc(eng, dnnl::prop_kind::forward_training, alg, g->data, g->data);
-  g->fwd = dnnl::eltwise_forward(fwd_pd);
-  g->bwd = dnnl::eltwise_backward(dnnl::eltwise_backward::primitive_desc(eng, alg, g->data, g->data, g->data, fwd_pd));
-  return *cache.emplace(std::make_pair(numel, type), std::move(g)).first->second;
-}
-}  // namespace
-
-std::vector<paddle::Tensor> GeluForward(const paddle::Tensor& x_in) {
-  auto x = x_in.contiguous();
-  Gelu& g = get_gelu(x.numel(), type_of(x));
-  auto out = empty_f32(x.shape(), type_of(x));
-  dnnl::stream s(cpu_engine());
-  g.fwd.execute(s, {{DNNL_ARG_SRC, wrap(g.data, x)}, {DNNL_ARG_DST, wrap(g.data, out)}});
-  s.wait();
-  return {out};
-}
-
-std::vector<paddle::Tensor> GeluBackward(const paddle::Tensor& x_in, const paddle::Tensor& dout_in) {
-  auto x = x_in.contiguous(), dout = dout_in.contiguous();
-  Gelu& g = get_gelu(x.numel(), type_of(x));
-  auto dx = empty_f32(x.shape(), type_of(x));
-  dnnl::stream s(cpu_engine());
-  g.bwd.execute(s, {{DNNL_ARG_SRC, wrap(g.data, x)}, {DNNL_ARG_DIFF_DST, wrap(g.data, dout)},
-                    {DNNL_ARG_DIFF_SRC, wrap(g.data, dx)}});
-  s.wait();
-  return {dx};
+std::vector<paddle::Tensor> GeluBackward(const paddle::Tensor& x, const paddle::Tensor& dout) {
+  return {eltwise_grad(&Pointwise::gelu_grad, DNNL_ARG_SRC, x, dout)};
 }
 
 PD_BUILD_OP(onednn_gelu).Inputs({"X"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(GeluForward));

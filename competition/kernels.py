@@ -174,7 +174,7 @@ class CpuKernels:
         return load().onednn_add_relu(a, b)
 
     def max_pool2x2(self, x: paddle.Tensor, blocked: bool = False) -> paddle.Tensor:
-        """2x2 max pooling with stride 2 of float32 `x` (odd sizes floor, as Paddle's)."""
+        """2x2 max pooling with stride 2 of `x`, float32 or bfloat16 (odd sizes floor, as Paddle's)."""
         return load().max_pool2x2(x, blocked)[0]
 
     def batch_norm(self, x: paddle.Tensor, scale: paddle.Tensor, shift: paddle.Tensor, eps: float,

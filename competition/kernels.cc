@@ -132,7 +132,7 @@ memory wrap(const memory::desc& md, const paddle::Tensor& t) {
 }
 
 // A new CPU tensor of `shape` (float32 unless told), for a kernel's result.
-paddle::Tensor empty_f32(const std::vector<int64_t>& shape, dt type = dt::f32) {
+paddle::Tensor new_tensor(const std::vector<int64_t>& shape, dt type = dt::f32) {
   return paddle::empty(shape, paddle_type(type), paddle::CPUPlace());
 }
 
@@ -157,7 +157,7 @@ std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle
   dt out_type = bf16_out ? dt::bf16 : dt::f32;
   Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked, type_of(x), out_type);
   auto dims = c.dst.get_dims();
-  auto out = empty_f32({dims[0], dims[1], dims[2], dims[3]}, out_type);
+  auto out = new_tensor({dims[0], dims[1], dims[2], dims[3]}, out_type);
   auto& eng = cpu_engine();
   dnnl::stream s(eng);
   memory src;
@@ -178,8 +178,8 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddl
   Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked, type_of(x), bf16_out ? dt::bf16 : dt::f32);
   auto& eng = cpu_engine();
   dnnl::stream s(eng);
-  auto dx = empty_f32(x.shape(), type_of(x));
-  auto dw = empty_f32(w.shape());
+  auto dx = new_tensor(x.shape(), type_of(x));
+  auto dw = new_tensor(w.shape());
   memory ddst_w = as_input(c.bwd_wei_pd.diff_dst_desc(), wrap(c.dst, dout), s);
   auto want = c.bwd_wei_pd.src_desc();
   bool kept = want == c.fwd_pd.src_desc() && x_read.numel() == static_cast<int64_t>(want.get_size());
@@ -294,7 +294,7 @@ std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x_in, bool bloc
   auto x = x_in.contiguous();
   auto shape = x.shape();
   Planes p = planes_of(shape, blocked);
-  auto out = empty_f32({shape[0], shape[1], p.h / 2, p.w / 2}, type_of(x));
+  auto out = new_tensor({shape[0], shape[1], p.h / 2, p.w / 2}, type_of(x));
   auto arg = paddle::empty({shape[0], shape[1], p.h / 2, p.w / 2}, paddle::DataType::UINT8, paddle::CPUPlace());
   if (type_of(x) == dt::bf16) {
     pool_forward(static_cast<const uint16_t*>(x.data()), static_cast<uint16_t*>(out.data()), arg.data<uint8_t>(), p);
@@ -394,7 +394,7 @@ std::vector<paddle::Tensor> NormForward(const paddle::Tensor& x_in, const paddle
                                         const paddle::Tensor& shift, float eps, bool blocked) {
   auto x = x_in.contiguous();
   Norm& n = get_norm(x.shape(), eps, blocked, false, type_of(x));
-  auto out = empty_f32(x.shape(), type_of(x)), mean = empty_f32({x.shape()[1]}), var = empty_f32({x.shape()[1]});
+  auto out = new_tensor(x.shape(), type_of(x)), mean = new_tensor({x.shape()[1]}), var = new_tensor({x.shape()[1]});
   run_norm(n, x, out, scale, shift, mean, var);
   return {out, mean, var};
 }
@@ -404,7 +404,7 @@ std::vector<paddle::Tensor> NormBackward(const paddle::Tensor& x_in, const paddl
                                          const paddle::Tensor& dout_in, float eps, bool blocked) {
   auto x = x_in.contiguous(), dout = dout_in.contiguous();
   Norm& n = get_norm(x.shape(), eps, blocked, false, type_of(x));
-  auto dx = empty_f32(x.shape(), type_of(x)), dscale = empty_f32({x.shape()[1]}), dshift = empty_f32({x.shape()[1]});
+  auto dx = new_tensor(x.shape(), type_of(x)), dscale = new_tensor({x.shape()[1]}), dshift = new_tensor({x.shape()[1]});
   dnnl::stream s(cpu_engine());
   n.bwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DIFF_DST, wrap(n.data, dout)},
                     {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_MEAN, wrap(n.stat, mean)},
@@ -445,7 +445,7 @@ std::vector<paddle::Tensor> NormInferForward(const paddle::Tensor& x_in, const p
                                              const paddle::Tensor& var, float eps, bool blocked) {
   auto x = x_in.contiguous();
   Norm& n = get_norm(x.shape(), eps, blocked, true);
-  auto out = empty_f32(x.shape());
+  auto out = new_tensor(x.shape());
   run_norm(n, x, out, scale, shift, mean, var);
   return {out};
 }
@@ -477,7 +477,7 @@ namespace {
 paddle::Tensor relayout(const paddle::Tensor& x_in, tag from, tag to, dt type) {
   auto x = x_in.contiguous();
   auto shape = x.shape();
-  auto out = empty_f32(shape, type);
+  auto out = new_tensor(shape, type);
   memory::dims dims{shape[0], shape[1], shape[2], shape[3]};
   memory src = wrap(memory::desc(dims, type_of(x), from), x);
   memory dst = wrap(memory::desc(dims, type, to), out);
@@ -543,14 +543,14 @@ Pointwise& get_pointwise(int64_t numel, dt type) {
   p->add_relu = dnnl::binary(dnnl::binary::primitive_desc(eng, dnnl::algorithm::binary_add, p->data, p->data, p->data,
                                                           attr));
   p->add = dnnl::binary(dnnl::binary::primitive_desc(eng, dnnl::algorithm::binary_add, p->data, p->data, p->data));
+  p->relu_grad = dnnl::eltwise_backward(dnnl::eltwise_backward::primitive_desc(eng, alg, p->data, p->data, p->data,
+                                                                               fwd_pd));
   // GELU: erf, as paddle.nn.GELU's default.
   auto gelu_pd = dnnl::eltwise_forward::primitive_desc(eng, dnnl::prop_kind::forward_training,
                                                        dnnl::algorithm::eltwise_gelu_erf, p->data, p->data);
   p->gelu = dnnl::eltwise_forward(gelu_pd);
   p->gelu_grad = dnnl::eltwise_backward(dnnl::eltwise_backward::primitive_desc(
       eng, dnnl::algorithm::eltwise_gelu_erf, p->data, p->data, p->data, gelu_pd));
-  p->relu_grad = dnnl::eltwise_backward(dnnl::eltwise_backward::primitive_desc(eng, alg, p->data, p->data, p->data,
-                                                                               fwd_pd));
   return *cache.emplace(std::make_pair(numel, type), std::move(p)).first->second;
 }
 
@@ -558,7 +558,7 @@ Pointwise& get_pointwise(int64_t numel, dt type) {
 paddle::Tensor eltwise(dnnl::eltwise_forward Pointwise::*op, const paddle::Tensor& x_in) {
   auto x = x_in.contiguous();
   Pointwise& p = get_pointwise(x.numel(), type_of(x));
-  auto out = empty_f32(x.shape(), type_of(x));
+  auto out = new_tensor(x.shape(), type_of(x));
   dnnl::stream s(cpu_engine());
   (p.*op).execute(s, {{DNNL_ARG_SRC, wrap(p.data, x)}, {DNNL_ARG_DST, wrap(p.data, out)}});
   s.wait();
@@ -571,12 +571,25 @@ paddle::Tensor eltwise_grad(dnnl::eltwise_backward Pointwise::*op, int arg, cons
                             const paddle::Tensor& dout_in) {
   auto dout = dout_in.contiguous();
   Pointwise& p = get_pointwise(at.numel(), type_of(at));
-  auto dx = empty_f32(at.shape(), type_of(at));
+  auto dx = new_tensor(at.shape(), type_of(at));
   dnnl::stream s(cpu_engine());
   (p.*op).execute(s, {{arg, wrap(p.data, at.contiguous())}, {DNNL_ARG_DIFF_DST, wrap(p.data, dout)},
                       {DNNL_ARG_DIFF_SRC, wrap(p.data, dx)}});
   s.wait();
   return dx;
+}
+
+// Binary primitive `op` of `p` (add, add then ReLU) on `a` and `b`, one type and size, into a new tensor.
+paddle::Tensor binary(dnnl::binary Pointwise::*op, const paddle::Tensor& a_in, const paddle::Tensor& b_in) {
+  auto a = a_in.contiguous(), b = b_in.contiguous();
+  PD_CHECK(a.dtype() == b.dtype() && a.numel() == b.numel(), "onednn pointwise: A and B differ in type or size");
+  Pointwise& p = get_pointwise(a.numel(), type_of(a));
+  auto out = new_tensor(a.shape(), type_of(a));
+  dnnl::stream s(cpu_engine());
+  (p.*op).execute(s, {{DNNL_ARG_SRC_0, wrap(p.data, a)}, {DNNL_ARG_SRC_1, wrap(p.data, b)},
+                      {DNNL_ARG_DST, wrap(p.data, out)}});
+  s.wait();
+  return out;
 }
 
 // dOut where Out > 0.
@@ -598,16 +611,8 @@ PD_BUILD_GRAD_OP(onednn_relu)
     .Outputs({paddle::Grad("X")})
     .SetKernelFn(PD_KERNEL(ReluBackward));
 
-std::vector<paddle::Tensor> AddReluForward(const paddle::Tensor& a_in, const paddle::Tensor& b_in) {
-  auto a = a_in.contiguous(), b = b_in.contiguous();
-  PD_CHECK(a.dtype() == b.dtype() && a.numel() == b.numel(), "onednn_add_relu: A and B differ in type or size");
-  Pointwise& p = get_pointwise(a.numel(), type_of(a));
-  auto out = empty_f32(a.shape(), type_of(a));
-  dnnl::stream s(cpu_engine());
-  p.add_relu.execute(s, {{DNNL_ARG_SRC_0, wrap(p.data, a)}, {DNNL_ARG_SRC_1, wrap(p.data, b)},
-                         {DNNL_ARG_DST, wrap(p.data, out)}});
-  s.wait();
-  return {out};
+std::vector<paddle::Tensor> AddReluForward(const paddle::Tensor& a, const paddle::Tensor& b) {
+  return {binary(&Pointwise::add_relu, a, b)};
 }
 
 // Both inputs get the same gradient, in two tensors: Paddle may add further gradients into either.
@@ -626,15 +631,8 @@ PD_BUILD_GRAD_OP(onednn_add_relu)
 // X twice, for two consumers (a residual block's body and shortcut); the gradient is the sum of theirs.
 std::vector<paddle::Tensor> ForkForward(const paddle::Tensor& x) { return {x, x}; }
 
-std::vector<paddle::Tensor> ForkBackward(const paddle::Tensor& da_in, const paddle::Tensor& db_in) {
-  auto da = da_in.contiguous(), db = db_in.contiguous();
-  Pointwise& p = get_pointwise(da.numel(), type_of(da));
-  auto dx = empty_f32(da.shape(), type_of(da));
-  dnnl::stream s(cpu_engine());
-  p.add.execute(s, {{DNNL_ARG_SRC_0, wrap(p.data, da)}, {DNNL_ARG_SRC_1, wrap(p.data, db)},
-                    {DNNL_ARG_DST, wrap(p.data, dx)}});
-  s.wait();
-  return {dx};
+std::vector<paddle::Tensor> ForkBackward(const paddle::Tensor& da, const paddle::Tensor& db) {
+  return {binary(&Pointwise::add, da, db)};
 }
 
 // GELU of a bfloat16 activation; its gradient reads X.

@@ -286,7 +286,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # other, each on every core) in one folder, and predict combines their probabilities (geometric mean).
 # Two different networks pay where one network twice does not: `best` scored 96.01% with six views on
 # two seeds (95.91% plain) in 55 minutes for the whole bash run.sh with float32 activations, 95.86%
-# (95.78%) in 44-47 minutes with bfloat16 ones (b8f6bff) (the resnet at 28 epochs; at 22:
+# (95.78%) in 44-47 minutes with bfloat16 ones (b8f6bff) (the resnet at 28 epochs, airnet64 at 30),
+# 96.10% (95.89%) in about 51 with the resnet at 34 and airnet64 at 36 (the resnet at 22:
 # 95.91% in about 51), against 95.64% for the resnet alone (with airnet64 at 20 epochs, before the
 # blocked kernels: 95.83% in 47-50 minutes). airnet64 with random erasing and the resnet with
 # alternating flips did not pay; five airnets of one recipe only matched one airnet trained on all

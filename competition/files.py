@@ -11,6 +11,19 @@ from typing import Iterator
 from .errors import CompetitionError
 
 
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) for the block: one process at a time."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before there was one
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def user_cache_dir() -> Path:
     """The user's cache folder for this package ($XDG_CACHE_HOME or ~/.cache, then competition/)."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "competition"

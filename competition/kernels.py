@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 import paddle
 
 from .errors import CompetitionError
-from .files import user_cache_dir
+from .files import exclusive, user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ CXX_FLAGS = ["-O2"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 
+# Written in the build folder once a build has loaded: its library is whole, so later processes import it.
+_BUILT = "built"
 _module: Optional[ModuleType] = None  # the loaded operator module: compiled and loaded once per process
 
 
@@ -52,17 +54,6 @@ def build_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _build_lock(folder: Path) -> Iterator[None]:
-    """One process builds at a time (the ranks of a launched run start together)."""
-    import fcntl  # POSIX only; load() refuses other systems first
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-@contextlib.contextmanager
 def _output_to(path: Path) -> Iterator[None]:
     """Send this process's stdout/stderr (and the compiler's) to a file for the block's duration."""
     sys.stdout.flush(), sys.stderr.flush()
@@ -75,6 +66,19 @@ def _output_to(path: Path) -> Iterator[None]:
             sys.stdout.flush(), sys.stderr.flush()
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
             os.close(saved[0]), os.close(saved[1])
+
+
+def _import_built(folder: Path) -> Optional[ModuleType]:
+    """The operator module of a finished build in `folder`, or None where there is none (or no way to import it)."""
+    # Paddle's load() runs its generated setup.py in a subprocess even when the build is current: 0.77 s of
+    # every process's start (each rank, each predict; 2026-12-01). The library's own importer takes 0.01 s.
+    try:
+        from paddle.utils.cpp_extension.extension_utils import _import_module_from_library
+    except ImportError:  # a Paddle without it: load() imports (slower)
+        return None
+    if not (folder / _BUILT).exists():
+        return None
+    return _import_module_from_library("onednn_kernels", str(folder / "onednn_kernels"), False)
 
 
 def load() -> ModuleType:
@@ -91,14 +95,18 @@ def load() -> ModuleType:
     from paddle.utils.cpp_extension import load as load_extension  # imports setuptools: only when needed
 
     try:
-        with _build_lock(folder):
-            if not (folder / "onednn_kernels" / "onednn_kernels.so").exists():
-                log.info("compiling the CPU kernels into %s (once, about 15 s)", folder)
-            with _output_to(folder / "build.log"):
+        folder.mkdir(parents=True, exist_ok=True)
+        # One process builds at a time (the ranks of a launched run start together).
+        with exclusive(folder / ".lock"), _output_to(folder / "build.log"):
+            _module = _import_built(folder)
+            if _module is None:
+                if not (folder / "onednn_kernels" / "onednn_kernels.so").exists():
+                    log.info("compiling the CPU kernels into %s (once, about 15 s)", folder)
                 _module = load_extension(
                     name="onednn_kernels", sources=[str(SOURCE)], build_directory=str(folder),
                     extra_include_paths=[str(include)], extra_cxx_cflags=CXX_FLAGS,
                     extra_ldflags=[f"-L{_PADDLE_LIBS}", "-l:libdnnl.so.3", f"-Wl,-rpath,{_PADDLE_LIBS}"])
+                (folder / _BUILT).touch()
     except (RuntimeError, OSError, ImportError) as exc:  # no compiler, a failed build, an unwritable cache
         raise CompetitionError(f"the CPU kernels did not build ({exc}); see {folder / 'build.log'}.") from None
     return _module

@@ -7,6 +7,7 @@ a training run, and counts trials so that several processes finish exactly --tri
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -15,7 +16,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import optuna
 import pandas as pd
@@ -23,6 +24,7 @@ import pandas as pd
 from . import api, checkpoint, parallel
 from .config import Config
 from .errors import CompetitionError, TrainingInterrupted
+from .files import exclusive
 from .report import INTERVAL, interval_text
 from .stats import accuracy_text
 
@@ -110,6 +112,23 @@ def open_storage(url: Optional[str], runs_dir: str) -> optuna.storages.BaseStora
         raise CompetitionError(f"--storage {url}: cannot open it ({reason}); expected an Optuna storage URL "
                                "such as sqlite:///runs/tune.db, postgresql://user@host/db or journal:runs/tune.log."
                                ) from None
+
+
+@contextlib.contextmanager
+def _one_at_a_time(url: Optional[str], runs_dir: str) -> Iterator[None]:
+    """Processes started together on one SQLite file open it and create the study in turn."""
+    # Two processes creating a new SQLite storage at once: one of them failed with "UNIQUE constraint failed:
+    # alembic_version.version_num" (test_tune, once processes started 0.7 s sooner). SQLite's own locks are
+    # fcntl locks, which do not see this flock on the same file.
+    if url is None:
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{Path(runs_dir) / DEFAULT_DB}"
+    path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+    if path is None or not path.parent.is_dir() or path.is_dir():  # another storage, or one open_storage refuses
+        yield
+        return
+    with exclusive(path):
+        yield
 
 
 def _load_or_create(name: str, storage: optuna.storages.BaseStorage, base: Config,
@@ -215,7 +234,8 @@ def tune(base: Config, fixed: dict[str, Any], trials: int, timeout_min: Optional
         raise CompetitionError("competition tune needs a validation split to score trials; drop --val-size 0.")
     api.prepare(dataclasses.replace(base))  # bad options or data fail before the study is touched
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's end is logged below, in our words
-    study = _load_or_create(study_name, open_storage(storage_url, base.runs_dir), base, fixed)
+    with _one_at_a_time(storage_url, base.runs_dir):
+        study = _load_or_create(study_name, open_storage(storage_url, base.runs_dir), base, fixed)
     study_dir = Path(base.runs_dir) / f"tune-{study_name}"
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < trials:
         study.optimize(lambda trial: run_trial(trial, base, fixed, trials, study_dir), catch=(_Surplus,),

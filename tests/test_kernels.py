@@ -1,6 +1,9 @@
 """The oneDNN conv kernel: same values and gradients as Paddle's conv; a clear fallback without it."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -197,6 +200,15 @@ def test_export_uses_paddles_ops_and_agrees_with_the_kernels(onednn, tmp_path, m
     np.testing.assert_allclose(exported, predict.predict_probs(net, images), atol=1e-5)
     graph = (tmp_path / "inference.json").read_text()
     assert '.conv2d"' in graph and "onednn_conv2d" not in graph and "max_pool2x2" not in graph
+
+
+def test_a_finished_build_is_imported_without_running_the_build_again(onednn) -> None:
+    assert (kernels.build_dir() / "built").is_file()
+    # A new process whose Paddle cannot build (its extension loader gone) still gets working kernels.
+    code = ("import paddle, paddle.utils.cpp_extension as ext; ext.load = None; from competition import kernels; "
+            "print(kernels.load().onednn_relu(paddle.to_tensor([-1.0, 2.0])).numpy().tolist())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[0.0, 2.0]", result.stderr[-2000:]
 
 
 def test_without_headers_auto_falls_back_and_onednn_refuses(monkeypatch) -> None:

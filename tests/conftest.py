@@ -103,6 +103,25 @@ def real_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "labeled_test": folder / "labeled_test.csv"}
 
 
+def cnn_train_command(real_data: dict[str, Path], runs: Path, epochs: int, *extra: str) -> list[str]:
+    """The command line of `competition train` for the small cnn on the real rows."""
+    return [sys.executable, "-m", "competition", "train", "--train", str(real_data["train"]), "--model", "cnn",
+            "--epochs", str(epochs), "--val-size", "100", "--batch-size", "16", "--seed", "5",
+            "--runs-dir", str(runs), *extra]
+
+
+@pytest.fixture(scope="session")
+def two_process_run(real_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small cnn trained for 2 epochs by 2 processes on one node; shared, since each such run takes
+    about 10 s (starting three processes, then the report), for tests that only read it."""
+    runs = tmp_path_factory.mktemp("two-process")
+    result = subprocess.run(cnn_train_command(real_data, runs, 2, "--nproc", "2"), cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = runs.iterdir()
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_run(real_data: dict[str, Path]) -> Path:
     """A run trained for one short epoch on real rows."""

@@ -6,26 +6,19 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from conftest import REPO
+from conftest import REPO, cnn_train_command
 
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
 
 
-def _args(real_data: dict, runs: Path, epochs: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "competition", "train", "--train", str(real_data["train"]), "--model", "cnn",
-            "--epochs", str(epochs), "--val-size", "100", "--batch-size", "16", "--seed", "5",
-            "--runs-dir", str(runs), *extra]
-
-
 def _start(real_data: dict, runs: Path, *extra: str) -> subprocess.Popen:
     """A long 2-process run, waited on until its first epoch is saved."""
-    proc = subprocess.Popen(_args(real_data, runs, 40, "--nproc", "2", *extra), cwd=REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cnn_train_command(real_data, runs, 40, "--nproc", "2", *extra), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(runs.glob("*/summary.csv")) and proc.poll() is None and time.monotonic() < deadline:
@@ -98,21 +91,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_of_one_process_train_what_two_processes_on_one_node_train(real_data: dict,
-                                                                               tmp_path: Path) -> None:
-    one_node = subprocess.run(_args(real_data, tmp_path / "one", 2, "--nproc", "2"), cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
-    assert one_node.returncode == 0, one_node.stderr[-2000:]
+def test_two_nodes_of_one_process_train_what_two_processes_on_one_node_train(
+        real_data: dict, tmp_path: Path, two_process_run: Path) -> None:
     nodes = ["--nproc", "1", "--nnodes", "2", "--master", f"127.0.0.1:{_free_port()}"]
     runs = tmp_path / "two"
-    procs = [subprocess.Popen(_args(real_data, runs, 2, *nodes, "--node-rank", str(rank)), cwd=REPO,
+    procs = [subprocess.Popen(cnn_train_command(real_data, runs, 2, *nodes, "--node-rank", str(rank)), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (1, 0)]
     outputs = [proc.communicate(timeout=300) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _, err in outputs]
     (run,) = [p for p in runs.iterdir() if p.is_dir()]
     assert "training on cpu x2 on 2 nodes" in (run / "train.log").read_text()
     assert "node 1: its ranks finished" in outputs[0][0] and (run / "report.md").is_file()
-    (single,) = (tmp_path / "one").iterdir()
     pd.testing.assert_frame_equal(pd.read_csv(run / "summary.csv")[METRICS],
-                                  pd.read_csv(single / "summary.csv")[METRICS])
+                                  pd.read_csv(two_process_run / "summary.csv")[METRICS])
     assert not list(runs.glob(".job-*")), "node 0 left its announcement behind"

@@ -143,6 +143,32 @@ def on_stop_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP that arrive inside the block are answered as it ends, by the handlers that
+    were in place (main thread only; elsewhere a no-op)."""
+    # Python handlers, not a signal mask: the kernel hands a process's signal to any thread that does not
+    # block it (paddle's and OpenBLAS's threads), and Python then runs the handler in the main thread anyway.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[tuple[int, object]] = []
+    # Signals whose handler was not set from Python (getsignal: None) are left alone: it could not be restored.
+    previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append((signum, frame)))
+                for sig in STOP_SIGNALS if signal.getsignal(sig) is not None}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        for signum, frame in arrived[:1]:
+            old = previous[signum]
+            if callable(old):
+                old(signum, frame)
+            elif old == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)  # what it would have done: end the process
+
+
 def _wait(process: subprocess.Popen, stop: _Stop, watcher: Optional["_Watcher"]) -> None:
     """Wait for the launcher, showing rank 0's output; kill its session if a stop takes too long."""
     while process.poll() is None:

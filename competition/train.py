@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import paddle
@@ -20,7 +20,8 @@ from paddle import nn
 from . import checkpoint, parallel, predict, runtime
 from .checkpoint import RunWriter, TrainState, Validation
 from .config import Config
-from .data import EVAL_BATCH, Augment, FashionMNIST, ImageTable, TrainingData, load_training_data, make_loader
+from .data import (EVAL_BATCH, Augment, FashionMNIST, ImageTable, TrainingData, batches_of, load_training_data,
+                   make_loader)
 from .errors import TrainingInterrupted
 from .models import build_model, count_parameters, fit_to_data, learned
 from .progress import EpochBar, Progress
@@ -199,26 +200,6 @@ def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: pa
     metrics = {"loss": total_loss / seen, "acc": float(metric.accumulate()), "steps": float(len(losses)),
                "samples": float(seen)}
     return metrics, losses
-
-
-@contextlib.contextmanager
-def batches_of(loader: paddle.io.DataLoader) -> Iterator[Any]:
-    """Iterate a loader; its reader threads are shut down when a stop signal (or an error) leaves the loop.
-
-    paddle.io keeps the newest iterator alive in a module global, so one left mid-epoch keeps its reader
-    threads until interpreter exit. A process stopped by SIGINT once aborted there ("terminate called
-    without an active exception", exit -6 instead of 130, in the cv stop test under load); shutting the
-    iterator down here is meant to rule that out (the abort was not reproducible on demand). Not after a
-    plain `break` (--max-steps): paddle's shutdown waits a whole second for the thread, every epoch.
-    """
-    batches = iter(loader)
-    try:
-        yield batches
-    except BaseException:
-        shutdown = getattr(batches, "_try_shutdown_all", None)  # paddle.io's iterators; idempotent
-        if shutdown is not None:
-            shutdown()
-        raise
 
 
 @paddle.no_grad()

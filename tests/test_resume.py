@@ -1,16 +1,21 @@
 """Interrupted runs resume to exactly the metrics of an uninterrupted run."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from competition import data, parallel
 from competition.cli import main
-from conftest import REPO, epochs_done, wait_for_first_epoch
+from conftest import REPO, epochs_done, random_images, wait_for_first_epoch
 
 EPOCHS = 8
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
@@ -45,7 +50,7 @@ def test_signal_after_first_epoch_then_resume_matches_uninterrupted(
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
     else:
-        assert proc.returncode == 130 and "Traceback" not in err
+        assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
         assert f"continue with: competition train --resume {run}" in err
     assert main(["train", "--resume", str(run)]) == 0
     resumed = pd.read_csv(run / "summary.csv")[METRICS]
@@ -95,3 +100,29 @@ def test_a_loader_iterator_cut_short_by_a_stop_leaves_no_traceback(monkeypatch: 
     del half_built, other
     gc.collect()
     assert passed_on == ["'Other' object has no attribute '_shutdown'"]  # only Paddle's is dropped
+
+
+def test_a_stop_signal_inside_a_held_block_is_answered_as_the_block_ends() -> None:
+    finished = []
+    with parallel.stop_on_signals(), pytest.raises(KeyboardInterrupt):
+        with parallel.stop_signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # without the hold, the KeyboardInterrupt is raised here
+            finished.append("block")
+    assert finished == ["block"]
+    with pytest.raises(KeyboardInterrupt), parallel.stop_signals_held():  # Python's own Ctrl-C handler too
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        finished.append("again")
+    assert finished == ["block", "again"]
+
+
+def test_a_stop_inside_an_epoch_leaves_no_reader_thread_behind() -> None:
+    # A reader thread alive at exit aborted the interpreter (exit -6 instead of 130).
+    before = set(threading.enumerate())  # reader threads of loaders left by other tests' --max-steps runs
+    loader = data.make_loader(data.FashionMNIST(random_images(64).astype(np.uint8), np.arange(64) % 10), 16,
+                              shuffle=False)
+    with pytest.raises(KeyboardInterrupt), data.batches_of(loader) as batches:
+        for _ in batches:
+            raise KeyboardInterrupt
+    assert not [t.name for t in set(threading.enumerate()) - before if "_thread_loop" in t.name]

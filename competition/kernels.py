@@ -34,6 +34,8 @@ CXX_FLAGS = ["-O2"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 
+_NAME = "onednn_kernels"
+_LIBRARY = f"{_NAME}/{_NAME}.so"  # in the build folder
 # Written in the build folder once a build has loaded: its library is whole, so later processes import it.
 _BUILT = "built"
 _module: Optional[ModuleType] = None  # the loaded operator module: compiled and loaded once per process
@@ -70,15 +72,16 @@ def _output_to(path: Path) -> Iterator[None]:
 
 def _import_built(folder: Path) -> Optional[ModuleType]:
     """The operator module of a finished build in `folder`, or None where there is none (or no way to import it)."""
-    # Paddle's load() runs its generated setup.py in a subprocess even when the build is current: 0.77 s of
-    # every process's start (each rank, each predict; 2026-12-01). The library's own importer takes 0.01 s.
+    # Paddle's load() runs its generated setup.py in a subprocess even when the build is current: a new
+    # process that imported and loaded the kernels took 1.32 s through it, 0.67 s through the library's own
+    # importer (median of 8, 2026-12-01), for each rank and each predict.
     try:
         from paddle.utils.cpp_extension.extension_utils import _import_module_from_library
     except ImportError:  # a Paddle without it: load() imports (slower)
         return None
-    if not (folder / _BUILT).exists():
+    if not (folder / _BUILT).exists() or not (folder / _LIBRARY).exists():
         return None
-    return _import_module_from_library("onednn_kernels", str(folder / "onednn_kernels"), False)
+    return _import_module_from_library(_NAME, str(folder / _NAME), False)
 
 
 def load() -> ModuleType:
@@ -100,10 +103,10 @@ def load() -> ModuleType:
         with exclusive(folder / ".lock"), _output_to(folder / "build.log"):
             _module = _import_built(folder)
             if _module is None:
-                if not (folder / "onednn_kernels" / "onednn_kernels.so").exists():
+                if not (folder / _LIBRARY).exists():
                     log.info("compiling the CPU kernels into %s (once, about 15 s)", folder)
                 _module = load_extension(
-                    name="onednn_kernels", sources=[str(SOURCE)], build_directory=str(folder),
+                    name=_NAME, sources=[str(SOURCE)], build_directory=str(folder),
                     extra_include_paths=[str(include)], extra_cxx_cflags=CXX_FLAGS,
                     extra_ldflags=[f"-L{_PADDLE_LIBS}", "-l:libdnnl.so.3", f"-Wl,-rpath,{_PADDLE_LIBS}"])
                 (folder / _BUILT).touch()

@@ -32,7 +32,7 @@ def test_search_space_stays_in_its_ranges_and_leaves_fixed_options_alone() -> No
         assert base.weight_decay / 4 <= values["weight_decay"] <= base.weight_decay * 4
         assert 0 <= values["label_smoothing"] <= 0.3 and 0 <= values["crop_pad"] <= 3
         assert base.epochs // 2 <= values["epochs"] <= base.epochs  # never more than the recipe's budget
-        assert 16 <= values["width"] <= 48
+        assert base.width / 2 <= values["width"] <= base.width * 1.5
     assert "width" not in tune.suggest(study.ask(), Config(model="fc"), fixed=[])  # no width to scale
     centre = tune.recipe_values(base, fixed=["lr"])
     study.enqueue_trial(centre)

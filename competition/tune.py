@@ -93,12 +93,18 @@ def recipe_values(base: Config, fixed: Sequence[str]) -> dict[str, Any]:
             if r.option not in fixed and (getattr(base, r.option) or not r.relative)}
 
 
+def _storage_url(url: Optional[str], runs_dir: str) -> str:
+    """The storage URL given, or sqlite:///RUNS_DIR/tune.db (its folder created)."""
+    if url is not None:
+        return url
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(runs_dir) / DEFAULT_DB}"
+
+
 def open_storage(url: Optional[str], runs_dir: str) -> optuna.storages.BaseStorage:
     """The study storage: an RDB URL (sqlite:///…, postgresql://…, mysql://…), or journal:PATH (a journal
     file on storage shared by the machines); by default sqlite:///RUNS_DIR/tune.db."""
-    if url is None:
-        Path(runs_dir).mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{Path(runs_dir) / DEFAULT_DB}"
+    url = _storage_url(url, runs_dir)
     try:
         if url.startswith("journal:"):
             path = url[len("journal:"):]
@@ -120,9 +126,7 @@ def _one_at_a_time(url: Optional[str], runs_dir: str) -> Iterator[None]:
     # Two processes creating a new SQLite storage at once: one of them failed with "UNIQUE constraint failed:
     # alembic_version.version_num" (test_tune, once processes started 0.7 s sooner). SQLite's own locks are
     # fcntl locks, which do not see this flock on the same file.
-    if url is None:
-        Path(runs_dir).mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{Path(runs_dir) / DEFAULT_DB}"
+    url = _storage_url(url, runs_dir)
     path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
     if path is None or not path.parent.is_dir() or path.is_dir():  # another storage, or one open_storage refuses
         yield

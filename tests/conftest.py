@@ -18,6 +18,7 @@ from competition.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "fashion-mnist"
+METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]  # the summary.csv columns runs must repeat
 
 
 def epochs_done(runs: Path, summary_glob: str = "*/summary.csv") -> int:

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import REPO, cnn_train_command
-
-METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+from conftest import METRICS, REPO, cnn_train_command
 
 
 def _start(real_data: dict, runs: Path, *extra: str) -> subprocess.Popen:
     """A long 2-process run, waited on until its first epoch is saved."""
-    proc = subprocess.Popen(cnn_train_command(real_data, runs, 40, "--nproc", "2", *extra), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cnn_train_command(real_data, runs, 40, "--nproc", "2", *extra), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(runs.glob("*/summary.csv")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -15,10 +15,9 @@ import pytest
 
 from competition import data, parallel
 from competition.cli import main
-from conftest import REPO, epochs_done, random_images, wait_for_first_epoch
+from conftest import METRICS, REPO, epochs_done, random_images, wait_for_first_epoch
 
 EPOCHS = 8
-METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
 
 
 def train_args(real_data: dict, runs: Path) -> list[str]:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from competition import data
-from conftest import REPO, cnn_train_command, random_images, write_csv
+from conftest import METRICS, REPO, cnn_train_command, random_images, write_csv
 
 
 @pytest.fixture
@@ -55,9 +55,6 @@ def test_read_only_data_folder_caches_in_the_user_cache(tmp_path: Path, always_c
         np.testing.assert_array_equal(data.read_train_csv(path).images, random_images(4))
     finally:
         folder.chmod(0o755)
-
-
-METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
 
 
 def test_a_two_process_run_logs_each_rank_and_scores_what_its_model_scores(

@@ -232,15 +232,20 @@ def _image_grid(images: np.ndarray, titles: list[str], heading: str, out: Path, 
     rows = max(1, math.ceil(len(images) / cols))
     title = 0.05 + 0.13 * max((t.count("\n") + 1 for t in titles), default=1)  # inches, at 7 pt
     width, height = max(4.0, cols * cell), max(4.0, rows * cell + 0.4)
-    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
-    # Fixed margins, not constrained layout: that solver takes seconds for 100 axes.
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - (0.4 + title) / height,
-                        wspace=0.1, hspace=title / (cell - title))
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < len(images):
-            ax.imshow(images[k].reshape(SIDE, SIDE), cmap="gray", vmin=0, vmax=255)
-            ax.set_title(titles[k], fontsize=7)
+    # One picture of every image on a grid of cells, titled by text: one axes per image (and its layout and
+    # ticks) took 1.3 of a report's 2.5 s on a Zen 3 (2026-12-02).
+    gap = round(SIDE * title / (cell - title))  # pixels above each image for its title
+    canvas = np.full((rows * (SIDE + gap), cols * (SIDE + 2)), 255, dtype=np.uint8)
+    for k, image in enumerate(images):
+        top, left = (k // cols) * (SIDE + gap) + gap, (k % cols) * (SIDE + 2) + 1
+        canvas[top:top + SIDE, left:left + SIDE] = image.reshape(SIDE, SIDE)
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.01 - 0.4 / height))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
+    ax.axis("off")
+    for k, text in enumerate(titles):
+        ax.text((k % cols) * (SIDE + 2) + 1 + SIDE / 2, (k // cols) * (SIDE + gap) + gap - 1, text, fontsize=7,
+                ha="center", va="bottom")
     fig.suptitle(heading, fontsize=10)
     return _save(fig, out)
 

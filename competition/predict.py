@@ -105,6 +105,9 @@ def _predictor(graph: Path, params: Path) -> paddle.inference.Predictor:
     else:
         config.disable_gpu()
         config.enable_mkldnn()
+        # This pass folds each BatchNorm into its conv's weights through a oneDNN multiply that broadcasts
+        # along the output channels, which only oneDNN's reference code runs (ONEDNN_VERBOSE, Zen 3, 2026-12-02).
+        config.delete_pass("conv2d_bn_onednn_fuse_pass")
         config.set_cpu_math_library_num_threads(os.cpu_count() or 1)
     config.disable_glog_info()
     predictor = paddle.inference.create_predictor(config)

@@ -17,7 +17,8 @@ from conftest import stop_after_first_epoch
 
 def ensemble_args(real_data: dict, runs: Path) -> list[str]:
     return ["train", "--preset", "best", "--train", str(real_data["train"]), "--rows", "300", "--val-size", "60",
-            "--epochs", "2", "--max-steps", "3", "--batch-size", "32", "--seed", "3", "--runs-dir", str(runs)]
+            "--epochs", "2", "--max-steps", "3", "--batch-size", "32", "--width", "16", "--seed", "3",
+            "--runs-dir", str(runs)]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,8 @@ def test_each_member_is_its_preset_with_the_given_options(finished_ensemble: Pat
     members = [Config.load(finished_ensemble / f"member{k}" / "config.json") for k in (1, 2)]
     assert [m.preset for m in members] == list(ENSEMBLES["best"])
     for member in members:
-        assert member.model == PRESETS[member.preset]["model"] and member.width == PRESETS[member.preset]["width"]
-        assert (member.epochs, member.val_size, member.seed, member.rows) == (2, 60, 3, 300)
+        assert member.model == PRESETS[member.preset]["model"] and member.lr == PRESETS[member.preset]["lr"]
+        assert (member.epochs, member.val_size, member.seed, member.rows, member.width) == (2, 60, 3, 300, 16)
 
 
 def test_ensemble_figures_are_the_members_average_on_their_shared_rows(finished_ensemble: Path, capsys) -> None:

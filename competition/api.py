@@ -70,7 +70,8 @@ def resume(run_dir: Union[str, Path], epochs: Optional[int] = None, node_rank: O
     if nodes.rank == 0 and epochs is not None and epochs != config.epochs:
         config.epochs = epochs
         checkpoint.save_config(run_dir, config.validate())
-    ran = runtime.resolve(config, config.nproc or 1)
+    before = runtime.Runtime.load(run_dir) if (run_dir / runtime.RUNTIME).is_file() else None
+    ran = runtime.resolve(config, config.nproc or 1, before)
     if nodes.rank > 0:
         return _train(run_dir, ran, resume=True, nodes=nodes)
     ran.save(run_dir)  # what this attempt runs on

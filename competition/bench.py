@@ -1,11 +1,13 @@
-"""`competition bench`: Paddle training and prediction speed, side by side with PyTorch."""
+"""`competition bench`: Paddle training and prediction speed, side by side with PyTorch, and what oneDNN ran."""
 from __future__ import annotations
 
+import collections
 import json
 import math
+import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +24,8 @@ from .train import train_one_epoch
 
 EPOCH_IMAGES = 60_000
 PREDICT_IMAGES = 10_000
+OPS_STEPS = 5  # timed steps of Paddle's own ops beside the kernels' (up to 9x slower: airnet 48 on AVX2)
+TORCH_RUNS = 3  # PyTorch's figure moves from run to run (21-36 s an epoch for one cnn): the median of three
 
 
 @dataclass
@@ -34,7 +38,7 @@ class BenchSettings:
     warmup: int = 5
     nproc: int = 1
     device: str = "auto"
-    conv: str = "auto"  # CPU conv kernel, as `train --conv`
+    conv: str = "auto"  # CPU path, as `train --conv`; auto times both kernels.cc and Paddle's ops
     precision: str = "fp32"  # as `train --precision`
     width: Optional[int] = None  # model options, as `train --width/--depth` (cnn, resnet)
     depth: Optional[int] = None
@@ -55,7 +59,7 @@ def paddle_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.
     cpu_kernels = runtime.apply(settings.runtime())
     rank, world = parallel.world()
     paddle.seed(0)
-    model = build_model(settings.model, cpu_kernels, **settings.model_options())
+    model = kernels.accelerate(build_model(settings.model, **settings.model_options()), cpu_kernels)
     net = paddle.DataParallel(model) if world > 1 else model
     optimizer = paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters())
     loader = make_loader(FashionMNIST(images, labels), settings.batch_size // world, shuffle=True)
@@ -77,8 +81,9 @@ def predict_seconds(settings: BenchSettings, images: np.ndarray) -> float:
         return time.perf_counter() - started
 
 
-def torch_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.ndarray) -> Optional[float]:
-    """The same model and loop in PyTorch (vectorized batches, all cores); None without torch or a twin."""
+def torch_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.ndarray) -> Optional[list[float]]:
+    """The same model and loop in PyTorch (vectorized batches, all cores): seconds a step in each of TORCH_RUNS
+    timings after one warm-up; None without torch or a twin."""
     try:
         import torch
     except ImportError:
@@ -89,7 +94,7 @@ def torch_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.n
         return None
     # PyTorch at its best on this CPU: channels-last layouts, and bfloat16 autocast where the CPU has it.
     model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     x = torch.from_numpy(images.reshape(-1, 1, 28, 28).astype(np.float32) / np.float32(255))
     y = torch.from_numpy(labels.astype(np.int64))
     order = torch.randperm(len(x))
@@ -108,10 +113,13 @@ def torch_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.n
 
     for k in range(settings.warmup):
         step(k)
-    started = time.perf_counter()
-    for k in range(settings.steps):
-        step(settings.warmup + k)
-    return (time.perf_counter() - started) / settings.steps
+    runs = []
+    for run in range(TORCH_RUNS):
+        started = time.perf_counter()
+        for k in range(settings.steps):
+            step(settings.warmup + run * settings.steps + k)
+        runs.append((time.perf_counter() - started) / settings.steps)
+    return runs
 
 
 def _torch_model(name: str, options: dict[str, int]):
@@ -133,8 +141,35 @@ def _torch_model(name: str, options: dict[str, int]):
                                       nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2000, 10)),
         "cnn": cnn,
         "resnet": _torch_resnet,
+        "airnet": _torch_airnet,
     }
     return twins[name](**options) if name in twins else None
+
+
+def _torch_airnet(width: int = 64):
+    """models.build_airnet as ../shared/peers/airbench_torch.py builds airbench94's net (its make_net, widths
+    width/4w/4w): a frozen 2x2 whitening conv with a bias, three conv-pool-BN-GELU-conv-BN-GELU groups (BatchNorm
+    without a learned scale), a global max-pool, a linear layer without bias, and 1/9 on the logits."""
+    from torch import nn
+
+    def norm(channels: int):
+        layer = nn.BatchNorm2d(channels, eps=1e-12, momentum=0.6)
+        layer.weight.requires_grad = False
+        return layer
+
+    def group(c_in: int, c_out: int) -> list:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), norm(c_out), nn.GELU(),
+                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), norm(c_out), nn.GELU()]
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return x / 9
+
+    whitening = nn.Conv2d(1, 8, 2, bias=True)
+    whitening.weight.requires_grad = False
+    return nn.Sequential(whitening, nn.GELU(), *group(8, width), *group(width, 4 * width),
+                         *group(4 * width, 4 * width), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+                         nn.Linear(4 * width, 10, bias=False), Scale())
 
 
 def _torch_resnet(width: int = 32, depth: int = 2):
@@ -212,22 +247,33 @@ def _timed(call) -> float:
     return time.perf_counter() - started
 
 
-def summarize(settings: BenchSettings, paddle_step: float, torch_step: Optional[float], predict_s: float,
-              ran: runtime.Runtime, step_flops: float, peaks: dict[str, Optional[float]]) -> dict[str, Any]:
-    """The benchmark's figures as one flat dict (the --json line)."""
+def summarize(settings: BenchSettings, steps: dict[str, float], torch_steps: Optional[list[float]], predict_s: float,
+              ran: runtime.Runtime, step_flops: float, peaks: dict[str, Optional[float]],
+              primitives: dict[str, int]) -> dict[str, Any]:
+    """The benchmark's figures as one flat dict (the --json line). `steps`: seconds a step of each CPU path timed
+    (onednn: kernels.cc, paddle: Paddle's ops); Paddle's figure is the faster one's, which --conv auto trains."""
     per_epoch = steps_per_epoch(settings.batch_size)
-    torch_epoch = None if torch_step is None else torch_step * per_epoch
+    paddle_step = min(steps.values())
+    torch_step = None if torch_steps is None else statistics.median(torch_steps)
     paddle_peak = peaks["bf16"] if ran.precision == "bf16" and peaks["bf16"] else peaks["fp32"]
     torch_peak = peaks["bf16"] or peaks["fp32"]  # PyTorch's step runs under bf16 autocast where it can
     paddle_gflops = step_flops / paddle_step / 1e9
     torch_gflops = None if torch_step is None else step_flops / torch_step / 1e9
+    epoch = lambda step: None if step is None else round(step * per_epoch, 2)  # noqa: E731
     return {
         **asdict(settings),
-        "paddle_epoch_s": round(paddle_step * per_epoch, 2),
-        "torch_epoch_s": None if torch_epoch is None else round(torch_epoch, 2),
-        "ratio": None if torch_epoch is None else round(paddle_step * per_epoch / torch_epoch, 2),
+        "paddle_epoch_s": epoch(paddle_step),
+        "kernels_epoch_s": epoch(steps.get("onednn")),
+        "paddle_ops_epoch_s": epoch(steps.get("paddle")),
+        "kernels_ratio": round(steps["onednn"] / steps["paddle"], 2) if len(steps) == 2 else None,
+        "torch_epoch_s": epoch(torch_step),
+        "torch_epoch_s_runs": None if torch_steps is None else [epoch(s) for s in torch_steps],
+        "ratio": None if torch_step is None else round(paddle_step / torch_step, 2),
         "predict_10k_s": round(predict_s, 3),
         "paddle_conv_kernel": ran.kernels + ("-bf16" if ran.precision == "bf16" else ""),
+        "isa": ran.isa,
+        "onednn_primitives": primitives,
+        "reference_primitives": reference_primitives(primitives),
         "paddle_version": paddle.__version__,
         "torch_version": _torch_version(),
         "conv_gflop_per_step": round(step_flops / 1e9, 3),
@@ -256,19 +302,82 @@ def bench_worker(out: Path, settings: BenchSettings, images: np.ndarray, labels:
 
 
 def run_bench(settings: BenchSettings, train_path: Path, test_images: np.ndarray) -> dict[str, Any]:
-    """Time Paddle training (in this process or on settings.nproc), prediction, and PyTorch."""
-    ran = settings.runtime()
+    """Time Paddle training through each CPU path (in this process or on settings.nproc), prediction, and
+    PyTorch; list the oneDNN implementations a step of the faster path used."""
     table = read_train_csv(train_path)
     rows = min(len(table), settings.batch_size * max(settings.steps, settings.warmup))
     images, labels = table.images[:rows], table.labels[:rows]
-    if settings.nproc == 1:
-        paddle_step = paddle_step_seconds(settings, images, labels)
-    else:
-        paddle_step = _launched_step_seconds(settings, ran, train_path, rows)
+    steps = {conv: _step_seconds(replace(settings, conv=conv, steps=_steps_of(settings, conv)), train_path, rows,
+                                 images, labels) for conv in _paths(settings)}
+    fastest = replace(settings, conv=min(steps, key=steps.__getitem__))  # what --conv auto trains with
+    ran = fastest.runtime()
+    primitives = onednn_primitives(fastest, images, labels)
     predict_s = predict_seconds(settings, test_images[:PREDICT_IMAGES])
-    torch_step = torch_step_seconds(settings, images, labels)
+    torch_steps = torch_step_seconds(settings, images, labels)
     step_flops = conv_flops_per_image(settings) * settings.batch_size
-    return summarize(settings, paddle_step, torch_step, predict_s, ran, step_flops, matmul_peaks())
+    return summarize(settings, steps, torch_steps, predict_s, ran, step_flops, matmul_peaks(), primitives)
+
+
+def _paths(settings: BenchSettings) -> list[str]:
+    """The CPU paths to time: both where auto could take either, else the one that would train."""
+    if settings.conv != "auto":
+        return [settings.conv]
+    return ["onednn", "paddle"] if _kernels_build(settings) else ["paddle"]
+
+
+def _kernels_build(settings: BenchSettings) -> bool:
+    """Whether the kernels can train here (the CPU, and kernels.cc builds)."""
+    if settings.device == "gpu" or (settings.device == "auto" and parallel.has_gpu()):
+        return False
+    try:
+        kernels.load()
+    except CompetitionError:
+        return False
+    return True
+
+
+def _steps_of(settings: BenchSettings, conv: str) -> int:
+    """Timed steps of a path: Paddle's own ops beside the kernels get fewer (they are the slow reference)."""
+    return min(settings.steps, OPS_STEPS) if conv == "paddle" and settings.conv == "auto" else settings.steps
+
+
+def _step_seconds(settings: BenchSettings, train_path: Path, rows: int, images: np.ndarray,
+                  labels: np.ndarray) -> float:
+    """Seconds per global training step of `settings` (its conv path), in this process or on its processes."""
+    if settings.nproc == 1:
+        return paddle_step_seconds(settings, images, labels)
+    return _launched_step_seconds(settings, settings.runtime(), train_path, rows)
+
+
+def onednn_primitives(settings: BenchSettings, images: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """The oneDNN primitives one training step ran (`convolution jit:avx2 forward_training`: times), from oneDNN's
+    verbose lines; `ref:` implementations are oneDNN's slow reference code."""
+    cpu_kernels = runtime.apply(settings.runtime())
+    paddle.seed(0)
+    model = kernels.accelerate(build_model(settings.model, **settings.model_options()), cpu_kernels)
+    optimizer = paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters())
+    batch = settings.batch_size // settings.nproc
+    loader = make_loader(FashionMNIST(images[:batch], labels[:batch]), batch, shuffle=True)
+    with tempfile.TemporaryDirectory() as folder:
+        lines = Path(folder) / "verbose.txt"
+        with kernels.onednn_verbose(lines):
+            train_one_epoch(model, loader, optimizer, max_steps=1)
+        return count_primitives(lines.read_text(errors="replace"))
+
+
+def count_primitives(verbose: str) -> dict[str, int]:
+    """How often each (kind, implementation, propagation) of oneDNN's `exec` lines ran."""
+    counts: collections.Counter = collections.Counter()
+    for line in verbose.splitlines():
+        fields = line.split(",")
+        if len(fields) > 7 and fields[0] == "onednn_verbose" and fields[3] == "exec":
+            counts[" ".join(fields[5:8])] += 1
+    return dict(counts.most_common())
+
+
+def reference_primitives(primitives: dict[str, int]) -> list[str]:
+    """Those of `primitives` that ran oneDNN's reference code."""
+    return [name for name in primitives if name.split()[1].startswith("ref")]
 
 
 def _launched_step_seconds(settings: BenchSettings, ran: runtime.Runtime, train_path: Path, rows: int) -> float:

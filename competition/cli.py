@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,6 +18,7 @@ from .bench import BenchSettings, run_bench
 from .config import CONV_CHOICES, ENSEMBLES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Config, from_preset
 from .data import TRAIN_FILE, data_file, read_train_csv
 from .errors import CompetitionError
+from .logs import setup_logging
 from .models import MODELS, build_model
 from .predict import TTA_VIEWS, accuracy_on, load_test_table
 from .stats import accuracy_text
@@ -137,9 +137,9 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
     p.add_argument("--runs-dir", metavar="DIR", help=f"default {d.runs_dir}/")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="default auto")
-    p.add_argument("--conv", choices=CONV_CHOICES, help="CPU conv and 2x2 max-pool kernels: onednn "
-                   "(kernels.cc: about 2x faster, compiled once), paddle (Paddle's own), "
-                   "auto (onednn when it builds; default)")
+    p.add_argument("--conv", choices=CONV_CHOICES, help="CPU training path: onednn (kernels.cc, compiled "
+                   "once), paddle (Paddle's own ops), auto (default: whichever trains this model faster on "
+                   "this processor, measured once and cached)")
     p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default) or bf16: the CPU kernels train on "
                    "bfloat16 activations and gradients (faster on CPUs with AVX512-BF16 or AMX; "
                    "weights, sums, statistics and validation stay float32)")
@@ -421,36 +421,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
     train_path = data_file(TRAIN_FILE, args.train, args.data_dir)
     test_images = load_test_table(args.test, args.data_dir).images
     figures = run_bench(settings, train_path, test_images)
-    torch = ("no PyTorch figure (not installed: pip install -e .[bench]; or no twin of this model)"
-             if figures["torch_epoch_s"] is None else
-             f"PyTorch {figures['torch_version']}: {figures['torch_epoch_s']:.1f} s/epoch; "
-             f"Paddle/PyTorch {figures['ratio']:.2f}")
-    print(f"{args.model}, batch {args.batch_size}: Paddle {figures['paddle_version']} x{nproc} "
-          f"({figures['paddle_conv_kernel']} conv) "
-          f"{figures['paddle_epoch_s']:.1f} s per 60,000-image epoch; {torch}")
-    print(f"prediction of {min(len(test_images), 10_000)} images (paddle.inference): {figures['predict_10k_s']:.3f} s")
-    torch_share = ("" if figures["torch_conv_gflops"] is None else
-                   f"; PyTorch {figures['torch_conv_gflops']:.0f} GFLOP/s, {figures['torch_peak_fraction']:.0%}")
-    bf16_peak = "" if figures["peak_bf16_gflops"] is None else f", bf16 {figures['peak_bf16_gflops']:.0f}"
-    print(f"convolutions: {figures['conv_gflop_per_step']:.1f} GFLOP per step; Paddle "
-          f"{figures['paddle_conv_gflops']:.0f} GFLOP/s, {figures['paddle_peak_fraction']:.0%} of a matmul peak"
-          f"{torch_share} (peak fp32 {figures['peak_fp32_gflops']:.0f}{bf16_peak} GFLOP/s)")
+    for line in bench_lines(figures, nproc, min(len(test_images), 10_000)):
+        print(line)
     if args.json:
         print(json.dumps(figures))
     return 0
 
 
-def setup_logging() -> None:
-    """Plain INFO lines from the package logger on stdout."""
-    # Paddle puts its own handler on the root logger at import, so basicConfig
-    # would be a no-op; the package logger gets a plain handler of its own.
-    log = logging.getLogger("competition")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+def bench_lines(figures: dict, nproc: int, predicted: int) -> list[str]:
+    """What `competition bench` prints of its figures."""
+    paths = {"kernels.cc": figures["kernels_epoch_s"], "Paddle's ops": figures["paddle_ops_epoch_s"]}
+    timed = "; ".join(f"{name} {seconds:.1f} s" for name, seconds in paths.items() if seconds is not None)
+    ratio = "" if figures["kernels_ratio"] is None else f" (kernels.cc / Paddle's ops {figures['kernels_ratio']:.2f})"
+    torch = ("no PyTorch figure (not installed: pip install -e .[bench]; or no twin of this model)"
+             if figures["torch_epoch_s"] is None else
+             f"PyTorch {figures['torch_version']}: {figures['torch_epoch_s']:.1f} s (median of "
+             f"{', '.join(f'{s:.1f}' for s in figures['torch_epoch_s_runs'])}); "
+             f"Paddle/PyTorch {figures['ratio']:.2f}")
+    primitives = ", ".join(f"{name} x{count}" for name, count in figures["onednn_primitives"].items())
+    refs = figures["reference_primitives"]
+    torch_share = ("" if figures["torch_conv_gflops"] is None else
+                   f"; PyTorch {figures['torch_conv_gflops']:.0f} GFLOP/s, {figures['torch_peak_fraction']:.0%}")
+    bf16_peak = "" if figures["peak_bf16_gflops"] is None else f", bf16 {figures['peak_bf16_gflops']:.0f}"
+    return [
+        f"{figures['model']}, batch {figures['batch_size']}: Paddle {figures['paddle_version']} x{nproc} "
+        f"per 60,000-image epoch: {timed}{ratio}; {torch}",
+        f"oneDNN ({figures['isa']}) in a training step of {figures['paddle_conv_kernel']}: {primitives or 'nothing'}"
+        + (f"; REFERENCE implementations (oneDNN's slow code): {', '.join(refs)}" if refs else
+           "; no reference implementation"),
+        f"prediction of {predicted} images (paddle.inference): {figures['predict_10k_s']:.3f} s",
+        f"convolutions: {figures['conv_gflop_per_step']:.1f} GFLOP per step; Paddle {figures['paddle_conv_gflops']:.0f}"
+        f" GFLOP/s, {figures['paddle_peak_fraction']:.0%} of a matmul peak{torch_share} (peak fp32 "
+        f"{figures['peak_fp32_gflops']:.0f}{bf16_peak} GFLOP/s)",
+    ]
 
 
 def cmd_check(args: argparse.Namespace) -> int:

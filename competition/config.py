@@ -62,8 +62,9 @@ class Config:
     nproc: Optional[int] = None
     # Machines of a multi-node job (each runs nproc processes; see README "Several machines").
     nnodes: int = 1
-    # CPU conv and 2x2 max-pool layers: onednn (the compiled kernels of kernels.cc), paddle
-    # (Paddle's own), or auto (onednn when they build, else paddle). Same results, ~2x faster.
+    # CPU training path: onednn (the compiled kernels of kernels.cc), paddle (Paddle's own ops), or
+    # auto: whichever trains this model faster on this processor (probe.py; measured once, cached). Same
+    # results; the kernels took a Zen 3 (AVX2) airnet 48 step 4.9 s -> 0.56 s (BENCHMARKS.md).
     conv: str = "auto"
     # fp32, or bf16: in training the CPU kernels pass bfloat16 activations and gradients from one to
     # the next and the convs read bfloat16 weights (float32 sums, weights, statistics and optimizer;

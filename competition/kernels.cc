@@ -6,31 +6,37 @@
 // convolution primitives (the library inside Paddle's own wheel) do the same arithmetic about 2x
 // faster. Built once by competition/kernels.py; the Python side falls back to Paddle's conv.
 //
-// onednn_conv2d(X, W, stride, padding, need_dx, bf16, blocked, bf16_out): float32 (or, from these kernels,
+// onednn_conv2d(X, W, stride, padding, need_dx, bf16, src_block, dst_block, bf16_out): float32 (or, from these kernels,
 // bfloat16) X, square stride and padding, no dilation, no groups, no bias (every conv here feeds a
 // BatchNorm). With bf16 the primitives read bfloat16 copies of their inputs (X, W, the output gradient)
 // and sum in float32 into float32 outputs (bfloat16 with bf16_out, below): on CPUs with AVX512-BF16 a
 // resnet training step took 292 ms instead of 468 ms. Its second
 // output, XRead, is X as the forward read it (the bfloat16 copy), kept for the weight gradient.
 //
-// blocked: in training and validation, activations with a multiple of 16 channels pass between these
-// kernels in oneDNN's nChw16c layout (16 channels innermost; as many floats as NCHW, so Paddle's
-// element-wise ReLU, GELU and add work on them unchanged) instead of being reordered to NCHW and back
-// around every op. Reorders were 31% of oneDNN's time in a resnet 32x2 step (ONEDNN_VERBOSE,
-// 2026-11-30). onednn_batch_norm (batch statistics), onednn_batch_norm_infer (running statistics) and
-// max_pool2x2 take that layout too; onednn_to_plain turns it back to NCHW.
+// src_block, dst_block, block: in training and validation, activations whose channels fill whole blocks pass
+// between these kernels in oneDNN's blocked layout (nChw8c on AVX2, nChw16c on AVX-512: `block` channels
+// innermost, the layouts oneDNN's jit kernels of that ISA work in; as many floats as NCHW, so Paddle's
+// element-wise ReLU, GELU and add work on them unchanged) instead of being reordered to NCHW and back around
+// every op. Reorders were 31% of oneDNN's time in a resnet 32x2 step (ONEDNN_VERBOSE, 2026-11-30, Zen 4).
+// The wrong block costs more: on a Zen 3 (AVX2) nChw16c batch norms ran oneDNN's reference code, 8x slower
+// a cnn step than nChw8c. kernels.accelerate decides which tensors are blocked; 0 is NCHW.
+// onednn_batch_norm (batch statistics), onednn_batch_norm_infer (running statistics) and max_pool2x2 take
+// that layout too; onednn_to_plain turns it back to NCHW.
 //
-// bf16_out (CpuKernels.bf16_activations, with bf16 and blocked): training convs write bfloat16, and the
+// bf16_out (CpuKernels.bf16_activations, with bf16 and a blocked output): training convs write bfloat16, and the
 // batch norms, ReLU, GELU, pooling, the residual add (onednn_add_relu) and fork take and give bfloat16, their
 // gradients too, as PyTorch's bfloat16 autocast keeps activations. Statistics, weights and their gradients
 // stay float32. A resnet 32x2 step of 64 images on one core took 88 ms instead of 107 ms (2026-12-01): no
 // float32 -> bfloat16 casts before the convs, half the bytes in every other pass, and Paddle's relu and
 // add (float32 only) replaced by oneDNN's.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -45,10 +51,10 @@ namespace {
 // Output rows (or columns) of a convolution: no dilation, symmetric padding.
 int64_t out_size(int64_t in, int64_t kernel, int stride, int pad) { return (in + 2 * pad - kernel) / stride + 1; }
 
-// How an activation with `channels` channels is laid out: nChw16c in the blocked training path when the
-// channels fill whole blocks of 16 (the same size as NCHW), NCHW otherwise.
-bool is_blocked(int64_t channels, bool blocked) { return blocked && channels % 16 == 0; }
-tag layout(int64_t channels, bool blocked) { return is_blocked(channels, blocked) ? tag::nChw16c : tag::nchw; }
+// How an activation is laid out: `block` 0 is NCHW; 8 or 16 (the blocked training path, in the ISA's vector
+// width of floats: kernels.py) is nChw8c or nChw16c, channels in blocks of `block` innermost (as many floats as
+// NCHW when the channels fill whole blocks, which the Python side checks).
+tag layout(int block) { return block == 16 ? tag::nChw16c : block == 8 ? tag::nChw8c : tag::nchw; }
 
 dnnl::engine& cpu_engine() {
   static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
@@ -65,24 +71,24 @@ struct Conv {
   dnnl::convolution_backward_weights bwd_wei;
 };
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool, bool, dt, dt>;
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, bool, int, int, dt, dt>;
 
 // `x_type` and `out_type` are X's and Out's element types (float32, or bfloat16 activations); the
 // gradients have the same types as what they are gradients of.
 Conv& get_conv(const std::vector<int64_t>& x, const std::vector<int64_t>& w, int stride, int pad, bool bf16,
-               bool blocked, dt x_type, dt out_type) {
+               int src_block, int dst_block, dt x_type, dt out_type) {
   static std::map<Key, std::unique_ptr<Conv>> cache;
   static std::mutex lock;
   std::lock_guard<std::mutex> guard(lock);
-  Key key{x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride, pad, bf16, blocked, x_type, out_type};
+  Key key{x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride, pad, bf16, src_block, dst_block, x_type, out_type};
   auto found = cache.find(key);
   if (found != cache.end()) return *found->second;
   auto& eng = cpu_engine();
   int64_t oh = out_size(x[2], w[2], stride, pad), ow = out_size(x[3], w[3], stride, pad);
   auto c = std::make_unique<Conv>();
-  c->src = memory::desc({x[0], x[1], x[2], x[3]}, x_type, layout(x[1], blocked));
+  c->src = memory::desc({x[0], x[1], x[2], x[3]}, x_type, layout(src_block));
   c->wei = memory::desc({w[0], w[1], w[2], w[3]}, dt::f32, tag::oihw);
-  c->dst = memory::desc({x[0], w[0], oh, ow}, out_type, layout(w[0], blocked));
+  c->dst = memory::desc({x[0], w[0], oh, ow}, out_type, layout(dst_block));
   memory::dims strides{stride, stride}, pads{pad, pad};
   // `any` lets oneDNN pick its blocked layouts: plain NCHW primitives measured ~16x slower.
   auto any = [](const memory::desc& md, dt type) { return memory::desc(md.get_dims(), type, tag::any); };
@@ -152,10 +158,10 @@ paddle::Tensor read_copy(const memory::desc& want, memory user, dnnl::stream& s,
 }  // namespace
 
 std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle::Tensor& w_in, int stride, int padding,
-                                        bool, bool bf16, bool blocked, bool bf16_out) {
+                                        bool, bool bf16, int src_block, int dst_block, bool bf16_out) {
   auto x = x_in.contiguous(), w = w_in.contiguous();
   dt out_type = bf16_out ? dt::bf16 : dt::f32;
-  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked, type_of(x), out_type);
+  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, src_block, dst_block, type_of(x), out_type);
   auto dims = c.dst.get_dims();
   auto out = new_tensor({dims[0], dims[1], dims[2], dims[3]}, out_type);
   auto& eng = cpu_engine();
@@ -173,9 +179,11 @@ std::vector<paddle::Tensor> ConvForward(const paddle::Tensor& x_in, const paddle
 
 std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddle::Tensor& w_in,
                                          const paddle::Tensor& x_read, const paddle::Tensor& dout_in, int stride,
-                                         int padding, bool need_dx, bool bf16, bool blocked, bool bf16_out) {
+                                         int padding, bool need_dx, bool bf16, int src_block, int dst_block,
+                                         bool bf16_out) {
   auto x = x_in.contiguous(), w = w_in.contiguous(), dout = dout_in.contiguous();
-  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, blocked, type_of(x), bf16_out ? dt::bf16 : dt::f32);
+  Conv& c = get_conv(x.shape(), w.shape(), stride, padding, bf16, src_block, dst_block, type_of(x),
+                     bf16_out ? dt::bf16 : dt::f32);
   auto& eng = cpu_engine();
   dnnl::stream s(eng);
   auto dx = new_tensor(x.shape(), type_of(x));
@@ -203,19 +211,20 @@ std::vector<paddle::Tensor> ConvBackward(const paddle::Tensor& x_in, const paddl
 }
 
 std::vector<std::vector<int64_t>> ConvInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
-                                                 int stride, int padding, bool, bool, bool, bool) {
+                                                 int stride, int padding, bool, bool, int, int, bool) {
   return {{x[0], w[0], out_size(x[2], w[2], stride, padding), out_size(x[3], w[3], stride, padding)}, {-1}};
 }
 
 std::vector<paddle::DataType> ConvInferDtype(const paddle::DataType& x, const paddle::DataType& w, int, int, bool, bool,
-                                             bool, bool bf16_out) {
+                                             int, int, bool bf16_out) {
   return {bf16_out ? paddle::DataType::BFLOAT16 : paddle::DataType::FLOAT32, paddle::DataType::UINT8};
 }
 
 PD_BUILD_OP(onednn_conv2d)
     .Inputs({"X", "W"})
     .Outputs({"Out", "XRead"})
-    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "blocked: bool", "bf16_out: bool"})
+    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "src_block: int", "dst_block: int",
+            "bf16_out: bool"})
     .SetKernelFn(PD_KERNEL(ConvForward))
     .SetInferShapeFn(PD_INFER_SHAPE(ConvInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(ConvInferDtype));
@@ -223,21 +232,22 @@ PD_BUILD_OP(onednn_conv2d)
 PD_BUILD_GRAD_OP(onednn_conv2d)
     .Inputs({"X", "W", "XRead", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X"), paddle::Grad("W")})
-    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "blocked: bool", "bf16_out: bool"})
+    .Attrs({"stride: int", "padding: int", "need_dx: bool", "bf16: bool", "src_block: int", "dst_block: int",
+            "bf16_out: bool"})
     .SetKernelFn(PD_KERNEL(ConvBackward));
 
-// 2x2 max pooling with stride 2 (floor), NCHW float32, or nChw16c when `blocked` (see above). Paddle's
+// 2x2 max pooling with stride 2 (floor), NCHW, or nChw8c / nChw16c by `block` (see above). Paddle's
 // CPU pool2d_grad took ~15% of a cnn step once the convs ran through oneDNN; forward + backward of a
 // 128x16x28x28 batch (with a sum and its gradient) measured 7.6 ms with these loops against 11.6 ms
 // with Paddle's pool2d. Forward also returns which of the four inputs won (0..3, the first on ties, as
-// Paddle does). Both layouts are planes of h x w pixels of `lanes` floats: 1 channel, or a block of 16.
+// Paddle does). Both layouts are planes of h x w pixels of `lanes` values: 1 channel, or a block.
 namespace {
 struct Planes {
   int64_t planes, h, w, lanes;
 };
 
-Planes planes_of(const std::vector<int64_t>& shape, bool blocked) {
-  int64_t lanes = is_blocked(shape[1], blocked) ? 16 : 1;
+Planes planes_of(const std::vector<int64_t>& shape, int block) {
+  int64_t lanes = block > 0 ? block : 1;
   return {shape[0] * shape[1] / lanes, shape[2], shape[3], lanes};
 }
 
@@ -273,27 +283,36 @@ void pool_forward(const T* src, T* dst, uint8_t* won, Planes p) {
   }
 }
 
-// Each output gradient goes to the input that won; the other three stay 0.
+// Each output gradient goes to the input that won, 0 to the other three (and to a last odd row or column), in
+// one pass: zero-filling the input gradient first and then scattering took 12 of an airnet 48 step's 561 ms.
 template <typename T>
 void pool_backward(const T* grad, const uint8_t* won, T* out, Planes p) {
   int64_t oh = p.h / 2, ow = p.w / 2, row = p.w * p.lanes, lanes = p.lanes;
   for (int64_t c = 0; c < p.planes; ++c) {
     T* plane = out + c * p.h * row;
     for (int64_t i = 0; i < oh; ++i) {
+      T* top = plane + 2 * i * row;
+      T* bottom = top + row;
       for (int64_t j = 0; j < ow; ++j) {
+        T* left = top + 2 * j * lanes;
+        T* low = bottom + 2 * j * lanes;
         for (int64_t l = 0; l < lanes; ++l, ++grad, ++won) {
-          plane[(2 * i + (*won >> 1)) * row + (2 * j + (*won & 1)) * lanes + l] = *grad;
+          T g = *grad, zero{};
+          left[l] = *won == 0 ? g : zero, left[lanes + l] = *won == 1 ? g : zero;
+          low[l] = *won == 2 ? g : zero, low[lanes + l] = *won == 3 ? g : zero;
         }
       }
+      if (p.w % 2) std::fill(top + 2 * ow * lanes, top + row, T{}), std::fill(bottom + 2 * ow * lanes, bottom + row, T{});
     }
+    if (p.h % 2) std::fill(plane + (p.h - 1) * row, plane + p.h * row, T{});
   }
 }
 }  // namespace
 
-std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x_in, bool blocked) {
+std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x_in, int block) {
   auto x = x_in.contiguous();
   auto shape = x.shape();
-  Planes p = planes_of(shape, blocked);
+  Planes p = planes_of(shape, block);
   auto out = new_tensor({shape[0], shape[1], p.h / 2, p.w / 2}, type_of(x));
   auto arg = paddle::empty({shape[0], shape[1], p.h / 2, p.w / 2}, paddle::DataType::UINT8, paddle::CPUPlace());
   if (type_of(x) == dt::bf16) {
@@ -305,10 +324,10 @@ std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x_in, bool bloc
 }
 
 std::vector<paddle::Tensor> MaxPoolBackward(const paddle::Tensor& x, const paddle::Tensor& arg_in,
-                                            const paddle::Tensor& dout_in, bool blocked) {
+                                            const paddle::Tensor& dout_in, int block) {
   auto arg = arg_in.contiguous(), dout = dout_in.contiguous();
-  Planes p = planes_of(x.shape(), blocked);
-  auto dx = paddle::zeros(x.shape(), x.dtype(), paddle::CPUPlace());
+  Planes p = planes_of(x.shape(), block);
+  auto dx = paddle::empty(x.shape(), x.dtype(), paddle::CPUPlace());
   if (type_of(x) == dt::bf16) {
     pool_backward(static_cast<const uint16_t*>(dout.data()), arg.data<uint8_t>(), static_cast<uint16_t*>(dx.data()), p);
   } else {
@@ -317,7 +336,7 @@ std::vector<paddle::Tensor> MaxPoolBackward(const paddle::Tensor& x, const paddl
   return {dx};
 }
 
-std::vector<std::vector<int64_t>> MaxPoolInferShape(const std::vector<int64_t>& x, bool) {
+std::vector<std::vector<int64_t>> MaxPoolInferShape(const std::vector<int64_t>& x, int) {
   std::vector<int64_t> out{x[0], x[1], x[2] / 2, x[3] / 2};
   return {out, out};
 }
@@ -327,7 +346,7 @@ std::vector<paddle::DataType> MaxPoolInferDtype(const paddle::DataType& x) { ret
 PD_BUILD_OP(max_pool2x2)
     .Inputs({"X"})
     .Outputs({"Out", "Arg"})
-    .Attrs({"blocked: bool"})
+    .Attrs({"block: int"})
     .SetKernelFn(PD_KERNEL(MaxPoolForward))
     .SetInferShapeFn(PD_INFER_SHAPE(MaxPoolInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(MaxPoolInferDtype));
@@ -335,87 +354,199 @@ PD_BUILD_OP(max_pool2x2)
 PD_BUILD_GRAD_OP(max_pool2x2)
     .Inputs({"X", "Arg", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X")})
-    .Attrs({"blocked: bool"})
+    .Attrs({"block: int"})
     .SetKernelFn(PD_KERNEL(MaxPoolBackward));
 
-// Batch normalization in training (batch statistics), through oneDNN in either layout: returns the
-// normalized output and the batch's mean and biased variance, which the caller folds into its running
-// statistics as Paddle's BatchNorm does. Needed for the blocked layout, which Paddle's kernel cannot read.
+// Batch normalization in training (batch statistics), in either layout: returns the normalized output and the
+// batch's mean and biased variance, which the caller folds into its running statistics as Paddle's BatchNorm does.
+// Needed for the blocked layout, which Paddle's kernel cannot read. Our own loops, not oneDNN's primitive: its
+// blocked kernels sum each channel's N*H*W values one after another in float32, and on a Zen 3 (nChw8c,
+// 64x16x28x28, 2026-12-02) their batch mean erred by 2.6e-4 and the scale's gradient by 2.3e-2 of its size
+// (float64 reference; Paddle's op: 1.5e-6 and 1.3e-4); a pre-ReLU sum of -2.6e-6 came out +2.4e-6 and flipped a
+// gradient. Here each run of up to 32 pixels is summed in float32 and the runs in float64.
 namespace {
-struct Norm {
-  memory::desc data, stat;
-  dnnl::batch_normalization_forward::primitive_desc fwd_pd;
-  dnnl::batch_normalization_backward::primitive_desc bwd_pd;
-  dnnl::batch_normalization_forward fwd;
-  dnnl::batch_normalization_backward bwd;
+// `x`'s dimensions as the loops walk them: images, blocks of `lanes` channels (1 for NCHW), pixels.
+struct Grid {
+  int64_t images, blocks, pixels, lanes;
+  int64_t channels() const { return blocks * lanes; }
+  double count() const { return static_cast<double>(images * pixels); }  // values per channel
 };
 
-// `type`: the element type of the data and its gradients (the statistics, scale and shift stay float32).
-Norm& get_norm(const std::vector<int64_t>& x, float eps, bool blocked, bool global_stats = false, dt type = dt::f32) {
-  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float, bool, bool, dt>, std::unique_ptr<Norm>> cache;
+Grid grid_of(const std::vector<int64_t>& shape, int block) {
+  int64_t lanes = block > 0 ? block : 1;
+  return {shape[0], shape[1] / lanes, shape[2] * shape[3], lanes};
+}
+
+// Elements as float32: float as it is, bfloat16 (its bits) widened; written back rounded to nearest even.
+inline float to_float(float v) { return v; }
+inline float to_float(uint16_t bits) { return value(bits); }
+inline void store(float* p, float v) { *p = v; }
+inline void store(uint16_t* p, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  *p = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+constexpr int64_t kRun = 32;  // pixels summed in float32 before the float64 totals
+
+// For every channel c, two totals over its images and pixels: first[c] += f1 and second[c] += f2, where f(a, b, c, f1,
+// f2) writes the terms for a and b, the values of `x` and `y` at one place. L: channels per block (1: NCHW), as
+// a constant so that the loops over a block's lanes vectorize.
+template <int L, typename T, typename F>
+void channel_totals(const T* x, const T* y, Grid g, F f, std::vector<double>& first, std::vector<double>& second) {
+  first.assign(g.channels(), 0.0), second.assign(g.channels(), 0.0);
+  for (int64_t i = 0; i < g.images; ++i) {
+    for (int64_t b = 0; b < g.blocks; ++b) {
+      int64_t at = (i * g.blocks + b) * g.pixels * L, c0 = b * L;
+      for (int64_t p0 = 0; p0 < g.pixels; p0 += kRun) {
+        float s1[L] = {}, s2[L] = {};
+        for (int64_t p = p0, end = std::min(p0 + kRun, g.pixels); p < end; ++p) {
+          for (int l = 0; l < L; ++l) {
+            float f1, f2;
+            f(to_float(x[at + p * L + l]), to_float(y[at + p * L + l]), c0 + l, f1, f2);
+            s1[l] += f1, s2[l] += f2;
+          }
+        }
+        for (int l = 0; l < L; ++l) first[c0 + l] += s1[l], second[c0 + l] += s2[l];
+      }
+    }
+  }
+}
+
+// out = map(a, b, c) at every place, a and b the values of `x` and `y` there, c the channel.
+template <int L, typename T, typename G>
+void channel_map(const T* x, const T* y, T* out, Grid g, G map) {
+  for (int64_t i = 0; i < g.images; ++i) {
+    for (int64_t b = 0; b < g.blocks; ++b) {
+      int64_t at = (i * g.blocks + b) * g.pixels * L, c0 = b * L;
+      for (int64_t p = 0; p < g.pixels; ++p) {
+        for (int l = 0; l < L; ++l) {
+          int64_t k = at + p * L + l;
+          store(out + k, map(to_float(x[k]), to_float(y[k]), c0 + l));
+        }
+      }
+    }
+  }
+}
+
+// Forward: the batch's mean and biased variance (sums of values less the first image's mean, so that they stay
+// small and the variance loses nothing to cancellation), then out = (x - mean) / sqrt(var + eps) * scale + shift.
+template <int L, typename T>
+void norm_forward(const T* x, T* out, const float* scale, const float* shift, float eps, Grid g, float* mean,
+                  float* var) {
+  std::vector<double> s1, s2;
+  channel_totals<L>(x, x, {1, g.blocks, g.pixels, g.lanes}, [](float v, float, int64_t, float& f1, float& f2) {
+    f1 = v, f2 = 0.f;
+  }, s1, s2);  // the first image's sums: the shift
+  std::vector<float> k(g.channels());
+  for (int64_t c = 0; c < g.channels(); ++c) k[c] = static_cast<float>(s1[c] / g.pixels);
+  channel_totals<L>(x, x, g, [&](float v, float, int64_t c, float& f1, float& f2) {
+    float d = v - k[c];
+    f1 = d, f2 = d * d;
+  }, s1, s2);
+  std::vector<float> a(g.channels()), b(g.channels());
+  for (int64_t c = 0; c < g.channels(); ++c) {
+    double m = s1[c] / g.count(), v = std::max(0.0, s2[c] / g.count() - m * m);
+    mean[c] = static_cast<float>(k[c] + m), var[c] = static_cast<float>(v);
+    double gain = scale[c] / std::sqrt(v + eps);
+    a[c] = static_cast<float>(gain), b[c] = static_cast<float>(shift[c] - (k[c] + m) * gain);
+  }
+  channel_map<L>(x, x, out, g, [&](float v, float, int64_t c) { return v * a[c] + b[c]; });
+}
+
+// Backward: dshift = sum(dout), dscale = sum(dout * xhat), dx = scale / std * (dout - dshift / n - xhat * dscale / n)
+// with xhat = (x - mean) / std and n the values per channel.
+template <int L, typename T>
+void norm_backward(const T* x, const T* dout, const float* scale, const float* mean, const float* var, float eps,
+                   Grid g, T* dx, float* dscale, float* dshift) {
+  std::vector<double> s1, s2;
+  channel_totals<L>(x, dout, g, [&](float v, float d, int64_t c, float& f1, float& f2) {
+    f1 = d, f2 = d * (v - mean[c]);
+  }, s1, s2);
+  std::vector<float> gain(g.channels()), mean_d(g.channels()), slope(g.channels());
+  for (int64_t c = 0; c < g.channels(); ++c) {
+    double rstd = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
+    dshift[c] = static_cast<float>(s1[c]), dscale[c] = static_cast<float>(s2[c] * rstd);
+    gain[c] = static_cast<float>(scale[c] * rstd), mean_d[c] = static_cast<float>(s1[c] / g.count());
+    slope[c] = static_cast<float>(s2[c] / g.count() * rstd * rstd);
+  }
+  channel_map<L>(x, dout, dx, g, [&](float v, float d, int64_t c) {
+    return (d - mean_d[c] - (v - mean[c]) * slope[c]) * gain[c];
+  });
+}
+
+// Calls body(L) with L the channels per block as a constant: 16, 8, or 1 for NCHW.
+template <typename Body>
+void by_block(int block, Body body) {
+  if (block == 16) return body(std::integral_constant<int, 16>());
+  if (block == 8) return body(std::integral_constant<int, 8>());
+  body(std::integral_constant<int, 1>());
+}
+
+// Batch normalization in evaluation (running statistics): oneDNN's primitive, which sums nothing.
+struct Norm {
+  memory::desc data, stat;
+  dnnl::batch_normalization_forward fwd;
+};
+
+Norm& get_norm(const std::vector<int64_t>& x, float eps, int block) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float, int>, std::unique_ptr<Norm>> cache;
   static std::mutex lock;
   std::lock_guard<std::mutex> guard(lock);
-  auto key = std::make_tuple(x[0], x[1], x[2], x[3], eps, blocked, global_stats, type);
+  auto key = std::make_tuple(x[0], x[1], x[2], x[3], eps, block);
   auto found = cache.find(key);
   if (found != cache.end()) return *found->second;
-  auto& eng = cpu_engine();
   auto n = std::make_unique<Norm>();
-  n->data = memory::desc({x[0], x[1], x[2], x[3]}, type, layout(x[1], blocked));
+  n->data = memory::desc({x[0], x[1], x[2], x[3]}, dt::f32, layout(block));
   n->stat = memory::desc({x[1]}, dt::f32, tag::x);
-  auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
-  if (global_stats) {  // evaluation: the running statistics given, nothing to differentiate
-    n->fwd_pd = dnnl::batch_normalization_forward::primitive_desc(eng, dnnl::prop_kind::forward_inference, n->data,
-        n->data, eps, flags | dnnl::normalization_flags::use_global_stats);
-    n->fwd = dnnl::batch_normalization_forward(n->fwd_pd);
-    return *cache.emplace(key, std::move(n)).first->second;
-  }
-  n->fwd_pd = dnnl::batch_normalization_forward::primitive_desc(eng, dnnl::prop_kind::forward_training, n->data,
-                                                                n->data, eps, flags);
-  n->bwd_pd = dnnl::batch_normalization_backward::primitive_desc(eng, dnnl::prop_kind::backward, n->data, n->data,
-                                                                 n->data, eps, flags, n->fwd_pd);
-  n->fwd = dnnl::batch_normalization_forward(n->fwd_pd);
-  n->bwd = dnnl::batch_normalization_backward(n->bwd_pd);
+  auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift |
+               dnnl::normalization_flags::use_global_stats;
+  n->fwd = dnnl::batch_normalization_forward(dnnl::batch_normalization_forward::primitive_desc(
+      cpu_engine(), dnnl::prop_kind::forward_inference, n->data, n->data, eps, flags));
   return *cache.emplace(key, std::move(n)).first->second;
 }
-
-// Runs `n`'s forward primitive: Mean and Var are its results in training, its inputs in evaluation.
-void run_norm(Norm& n, const paddle::Tensor& x, const paddle::Tensor& out, const paddle::Tensor& scale,
-              const paddle::Tensor& shift, const paddle::Tensor& mean, const paddle::Tensor& var) {
-  dnnl::stream s(cpu_engine());
-  n.fwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DST, wrap(n.data, out)},
-                    {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_SHIFT, wrap(n.stat, shift)},
-                    {DNNL_ARG_MEAN, wrap(n.stat, mean)}, {DNNL_ARG_VARIANCE, wrap(n.stat, var)}});
-  s.wait();
-}
-
 }  // namespace
 
 std::vector<paddle::Tensor> NormForward(const paddle::Tensor& x_in, const paddle::Tensor& scale,
-                                        const paddle::Tensor& shift, float eps, bool blocked) {
+                                        const paddle::Tensor& shift, float eps, int block) {
   auto x = x_in.contiguous();
-  Norm& n = get_norm(x.shape(), eps, blocked, false, type_of(x));
+  Grid g = grid_of(x.shape(), block);
   auto out = new_tensor(x.shape(), type_of(x)), mean = new_tensor({x.shape()[1]}), var = new_tensor({x.shape()[1]});
-  run_norm(n, x, out, scale, shift, mean, var);
+  by_block(block, [&](auto lanes) {
+    constexpr int L = decltype(lanes)::value;
+    if (type_of(x) == dt::bf16) {
+      norm_forward<L>(static_cast<const uint16_t*>(x.data()), static_cast<uint16_t*>(out.data()), scale.data<float>(),
+                      shift.data<float>(), eps, g, mean.data<float>(), var.data<float>());
+    } else {
+      norm_forward<L>(x.data<float>(), out.data<float>(), scale.data<float>(), shift.data<float>(), eps, g,
+                      mean.data<float>(), var.data<float>());
+    }
+  });
   return {out, mean, var};
 }
 
 std::vector<paddle::Tensor> NormBackward(const paddle::Tensor& x_in, const paddle::Tensor& scale,
                                          const paddle::Tensor& mean, const paddle::Tensor& var,
-                                         const paddle::Tensor& dout_in, float eps, bool blocked) {
+                                         const paddle::Tensor& dout_in, float eps, int block) {
   auto x = x_in.contiguous(), dout = dout_in.contiguous();
-  Norm& n = get_norm(x.shape(), eps, blocked, false, type_of(x));
+  Grid g = grid_of(x.shape(), block);
   auto dx = new_tensor(x.shape(), type_of(x)), dscale = new_tensor({x.shape()[1]}), dshift = new_tensor({x.shape()[1]});
-  dnnl::stream s(cpu_engine());
-  n.bwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DIFF_DST, wrap(n.data, dout)},
-                    {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_MEAN, wrap(n.stat, mean)},
-                    {DNNL_ARG_VARIANCE, wrap(n.stat, var)}, {DNNL_ARG_DIFF_SRC, wrap(n.data, dx)},
-                    {DNNL_ARG_DIFF_SCALE, wrap(n.stat, dscale)}, {DNNL_ARG_DIFF_SHIFT, wrap(n.stat, dshift)}});
-  s.wait();
+  by_block(block, [&](auto lanes) {
+    constexpr int L = decltype(lanes)::value;
+    if (type_of(x) == dt::bf16) {
+      norm_backward<L>(static_cast<const uint16_t*>(x.data()), static_cast<const uint16_t*>(dout.data()),
+                       scale.data<float>(), mean.data<float>(), var.data<float>(), eps, g,
+                       static_cast<uint16_t*>(dx.data()), dscale.data<float>(), dshift.data<float>());
+    } else {
+      norm_backward<L>(x.data<float>(), dout.data<float>(), scale.data<float>(), mean.data<float>(), var.data<float>(),
+                       eps, g, dx.data<float>(), dscale.data<float>(), dshift.data<float>());
+    }
+  });
   return {dx, dscale, dshift};
 }
 
 std::vector<std::vector<int64_t>> NormInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>&,
-                                                 const std::vector<int64_t>&, float, bool) {
+                                                 const std::vector<int64_t>&, float, int) {
   return {x, {x[1]}, {x[1]}};
 }
 
@@ -427,7 +558,7 @@ std::vector<paddle::DataType> NormInferDtype(const paddle::DataType& x, const pa
 PD_BUILD_OP(onednn_batch_norm)
     .Inputs({"X", "Scale", "Shift"})
     .Outputs({"Out", "Mean", "Var"})
-    .Attrs({"eps: float", "blocked: bool"})
+    .Attrs({"eps: float", "block: int"})
     .SetKernelFn(PD_KERNEL(NormForward))
     .SetInferShapeFn(PD_INFER_SHAPE(NormInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(NormInferDtype));
@@ -435,24 +566,28 @@ PD_BUILD_OP(onednn_batch_norm)
 PD_BUILD_GRAD_OP(onednn_batch_norm)
     .Inputs({"X", "Scale", "Mean", "Var", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X"), paddle::Grad("Scale"), paddle::Grad("Shift")})
-    .Attrs({"eps: float", "blocked: bool"})
+    .Attrs({"eps: float", "block: int"})
     .SetKernelFn(PD_KERNEL(NormBackward));
 
 // Batch normalization in evaluation: by the running statistics (Mean, Var), in either layout, so that
 // validation passes blocked activations between the kernels as training does. No gradient.
 std::vector<paddle::Tensor> NormInferForward(const paddle::Tensor& x_in, const paddle::Tensor& scale,
                                              const paddle::Tensor& shift, const paddle::Tensor& mean,
-                                             const paddle::Tensor& var, float eps, bool blocked) {
+                                             const paddle::Tensor& var, float eps, int block) {
   auto x = x_in.contiguous();
-  Norm& n = get_norm(x.shape(), eps, blocked, true);
+  Norm& n = get_norm(x.shape(), eps, block);
   auto out = new_tensor(x.shape());
-  run_norm(n, x, out, scale, shift, mean, var);
+  dnnl::stream s(cpu_engine());
+  n.fwd.execute(s, {{DNNL_ARG_SRC, wrap(n.data, x)}, {DNNL_ARG_DST, wrap(n.data, out)},
+                    {DNNL_ARG_SCALE, wrap(n.stat, scale)}, {DNNL_ARG_SHIFT, wrap(n.stat, shift)},
+                    {DNNL_ARG_MEAN, wrap(n.stat, mean)}, {DNNL_ARG_VARIANCE, wrap(n.stat, var)}});
+  s.wait();
   return {out};
 }
 
 std::vector<std::vector<int64_t>> NormInferInferShape(const std::vector<int64_t>& x, const std::vector<int64_t>&,
                                                       const std::vector<int64_t>&, const std::vector<int64_t>&,
-                                                      const std::vector<int64_t>&, float, bool) {
+                                                      const std::vector<int64_t>&, float, int) {
   return {x};
 }
 
@@ -465,12 +600,12 @@ std::vector<paddle::DataType> NormInferInferDtype(const paddle::DataType& x, con
 PD_BUILD_OP(onednn_batch_norm_infer)
     .Inputs({"X", "Scale", "Shift", "Mean", "Var"})
     .Outputs({"Out"})
-    .Attrs({"eps: float", "blocked: bool"})
+    .Attrs({"eps: float", "block: int"})
     .SetKernelFn(PD_KERNEL(NormInferForward))
     .SetInferShapeFn(PD_INFER_SHAPE(NormInferInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(NormInferInferDtype));
 
-// A blocked activation (nChw16c) as NCHW, for the Paddle ops that read channels (pooling heads, flatten);
+// A blocked activation (nChw8c, nChw16c) as NCHW, for the Paddle ops that read channels (pooling heads, flatten);
 // its gradient goes the other way.
 namespace {
 // `x` laid out as `from` into a new tensor laid out as `to`, of element type `type`.
@@ -489,12 +624,12 @@ paddle::Tensor relayout(const paddle::Tensor& x_in, tag from, tag to, dt type) {
 }  // namespace
 
 // A bfloat16 activation comes out as float32: the Paddle ops after it take float32 only.
-std::vector<paddle::Tensor> ToPlainForward(const paddle::Tensor& x) {
-  return {relayout(x, tag::nChw16c, tag::nchw, dt::f32)};
+std::vector<paddle::Tensor> ToPlainForward(const paddle::Tensor& x, int block) {
+  return {relayout(x, layout(block), tag::nchw, dt::f32)};
 }
 
-std::vector<paddle::Tensor> ToPlainBackward(const paddle::Tensor& x, const paddle::Tensor& dout) {
-  return {relayout(dout, tag::nchw, tag::nChw16c, type_of(x))};
+std::vector<paddle::Tensor> ToPlainBackward(const paddle::Tensor& x, const paddle::Tensor& dout, int block) {
+  return {relayout(dout, tag::nchw, layout(block), type_of(x))};
 }
 
 std::vector<paddle::DataType> ToPlainInferDtype(const paddle::DataType&) { return {paddle::DataType::FLOAT32}; }
@@ -502,12 +637,14 @@ std::vector<paddle::DataType> ToPlainInferDtype(const paddle::DataType&) { retur
 PD_BUILD_OP(onednn_to_plain)
     .Inputs({"X"})
     .Outputs({"Out"})
+    .Attrs({"block: int"})
     .SetKernelFn(PD_KERNEL(ToPlainForward))
     .SetInferDtypeFn(PD_INFER_DTYPE(ToPlainInferDtype));
 
 PD_BUILD_GRAD_OP(onednn_to_plain)
     .Inputs({"X", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X")})
+    .Attrs({"block: int"})
     .SetKernelFn(PD_KERNEL(ToPlainBackward));
 
 // ReLU, GELU, and the residual ReLU(A + B), for bfloat16 activations: Paddle's CPU relu, gelu and add take no

@@ -17,7 +17,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from . import checkpoint, parallel, predict, runtime
+from . import checkpoint, kernels, parallel, predict, runtime
 from .checkpoint import RunWriter, TrainState, Validation
 from .config import Config
 from .data import (EVAL_BATCH, Augment, FashionMNIST, ImageTable, TrainingData, batches_of, load_training_data,
@@ -230,7 +230,7 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
     rank, world = parallel.world()
     writer = RunWriter(run_dir, active=rank == 0, launched=parallel.is_worker())
     with _stable_names(), writer.logging():
-        model = build_model(config.model, cpu_kernels, **config.model_options())
+        model = kernels.accelerate(build_model(config.model, **config.model_options()), cpu_kernels)
         train_set = FashionMNIST(table.images[train_idx], table.labels[train_idx], _augment(config))
         if not resume:  # a resumed run's whitening filters come with its checkpoint
             fit_to_data(model, train_set.batch(np.arange(min(5000, len(train_set))))[0])
@@ -240,6 +240,8 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
         state = _start_state(writer, model, optimizer, ema, resume)
         log.info("%s on %s; run folder: %s", f"resuming after epoch {state.epoch}" if resume else "training",
                  ran.describe(), run_dir)
+        if ran.probe_line():
+            log.info("%s", ran.probe_line())
         for note in ran.notes:
             log.warning("%s", note)
         log.info("data: %s, %d training rows, %d validation rows", table.path, len(train_idx), len(val_idx))

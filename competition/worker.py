@@ -2,6 +2,7 @@
 
     worker.py train RUN_DIR [--resume]
     worker.py bench OUT_JSON TRAIN_CSV ROWS SETTINGS_JSON
+    worker.py probe OUT_PREFIX SHAPE_JSON      (--conv auto's timing, probe.py)
 
 Run as a script by Paddle's launcher, so it imports the package absolutely. Each rank stops
 (exit 130) on SIGINT, SIGTERM or SIGHUP, or when `competition train` that launched it is gone,
@@ -13,9 +14,10 @@ from pathlib import Path
 
 from competition import parallel
 from competition.bench import BenchSettings, bench_worker
-from competition.cli import setup_logging
+from competition.logs import setup_logging
 from competition.data import read_train_csv
 from competition.errors import CompetitionError
+from competition.probe import Shape, probe_worker
 from competition.train import train_run
 
 
@@ -29,6 +31,9 @@ def main(argv: list[str]) -> int:
         with parallel.stop_on_signals():
             if mode == "train":
                 train_run(Path(args[0]), resume="--resume" in args[1:])
+            elif mode == "probe":
+                shape = json.loads(args[1])
+                probe_worker(Path(args[0]), Shape(**{**shape, "options": tuple(map(tuple, shape["options"]))}))
             else:
                 table = read_train_csv(Path(args[1])).head(int(args[2]))
                 bench_worker(Path(args[0]), BenchSettings(**json.loads(args[3])), table.images, table.labels)

@@ -105,10 +105,30 @@ def test_bench_json_line_has_the_figures(real_data: dict, capsys: pytest.Capture
                  "--train", str(real_data["train"]), "--test", str(real_data["test"]), "--json"])
     assert code == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert {"paddle_epoch_s", "torch_epoch_s", "ratio", "predict_10k_s"} <= set(figures)
+    assert {"paddle_epoch_s", "torch_epoch_s", "ratio", "predict_10k_s", "kernels_ratio"} <= set(figures)
     assert figures["paddle_epoch_s"] > 0 and figures["predict_10k_s"] > 0 and figures["nproc"] == 1
     assert (figures["ratio"] is None) == (figures["torch_epoch_s"] is None)
     assert figures["conv_gflop_per_step"] == 0 and figures["peak_fp32_gflops"] > 0  # fc has no convolutions
+
+
+def test_bench_times_both_paths_and_lists_what_onednn_ran(real_data: dict, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from competition import kernels
+    from competition.cli import main
+    code = main(["bench", "--model", "cnn", "--width", "8", "--batch-size", "16", "--steps", "1", "--warmup", "1",
+                 "--nproc", "1", "--train", str(real_data["train"]), "--test", str(real_data["test"]), "--json"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    figures = json.loads(out[-1])
+    assert figures["kernels_epoch_s"] > 0 and figures["paddle_ops_epoch_s"] > 0
+    assert figures["kernels_ratio"] == pytest.approx(figures["kernels_epoch_s"] / figures["paddle_ops_epoch_s"],
+                                                     abs=0.01)
+    assert figures["paddle_epoch_s"] == min(figures["kernels_epoch_s"], figures["paddle_ops_epoch_s"])
+    assert figures["isa"] == kernels.isa_name()
+    if figures["paddle_conv_kernel"].startswith("onednn"):  # the faster path was the kernels: oneDNN's lines
+        assert any(name.startswith("convolution") for name in figures["onednn_primitives"])
+    assert figures["reference_primitives"] == [] and "no reference implementation" in "\n".join(out)
 
 
 def test_a_two_process_run_resumed_through_the_launcher_matches_the_uninterrupted_run(

@@ -283,28 +283,19 @@ void pool_forward(const T* src, T* dst, uint8_t* won, Planes p) {
   }
 }
 
-// Each output gradient goes to the input that won, 0 to the other three (and to a last odd row or column), in
-// one pass: zero-filling the input gradient first and then scattering took 12 of an airnet 48 step's 561 ms.
+// Each output gradient goes to the input that won; the other three stay 0.
 template <typename T>
 void pool_backward(const T* grad, const uint8_t* won, T* out, Planes p) {
   int64_t oh = p.h / 2, ow = p.w / 2, row = p.w * p.lanes, lanes = p.lanes;
   for (int64_t c = 0; c < p.planes; ++c) {
     T* plane = out + c * p.h * row;
     for (int64_t i = 0; i < oh; ++i) {
-      T* top = plane + 2 * i * row;
-      T* bottom = top + row;
       for (int64_t j = 0; j < ow; ++j) {
-        T* left = top + 2 * j * lanes;
-        T* low = bottom + 2 * j * lanes;
         for (int64_t l = 0; l < lanes; ++l, ++grad, ++won) {
-          T g = *grad, zero{};
-          left[l] = *won == 0 ? g : zero, left[lanes + l] = *won == 1 ? g : zero;
-          low[l] = *won == 2 ? g : zero, low[lanes + l] = *won == 3 ? g : zero;
+          plane[(2 * i + (*won >> 1)) * row + (2 * j + (*won & 1)) * lanes + l] = *grad;
         }
       }
-      if (p.w % 2) std::fill(top + 2 * ow * lanes, top + row, T{}), std::fill(bottom + 2 * ow * lanes, bottom + row, T{});
     }
-    if (p.h % 2) std::fill(plane + (p.h - 1) * row, plane + p.h * row, T{});
   }
 }
 }  // namespace
@@ -327,7 +318,7 @@ std::vector<paddle::Tensor> MaxPoolBackward(const paddle::Tensor& x, const paddl
                                             const paddle::Tensor& dout_in, int block) {
   auto arg = arg_in.contiguous(), dout = dout_in.contiguous();
   Planes p = planes_of(x.shape(), block);
-  auto dx = paddle::empty(x.shape(), x.dtype(), paddle::CPUPlace());
+  auto dx = paddle::zeros(x.shape(), x.dtype(), paddle::CPUPlace());
   if (type_of(x) == dt::bf16) {
     pool_backward(static_cast<const uint16_t*>(dout.data()), arg.data<uint8_t>(), static_cast<uint16_t*>(dx.data()), p);
   } else {

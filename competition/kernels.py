@@ -226,6 +226,10 @@ class CpuKernels:
         return load().onednn_conv2d(x, weight, stride, padding, not x.stop_gradient, bf16, src_block, dst_block,
                                     bf16_out)[0]
 
+    def add_bias(self, x: paddle.Tensor, bias: paddle.Tensor, block: int = 0) -> paddle.Tensor:
+        """x + bias[c] on every channel c of a float32 activation laid out in `block`."""
+        return load().onednn_add_bias(x, bias, block)
+
     def relu(self, x: paddle.Tensor) -> paddle.Tensor:
         """max(x, 0) of an activation, float32 or bfloat16 (Paddle's CPU relu takes float32 only)."""
         return load().onednn_relu(x)
@@ -280,18 +284,19 @@ def _bf16(x: paddle.Tensor) -> bool:
 # dy2static rewrite of forward() turned its super() call into endless recursion.
 
 class KernelConv2D(nn.Conv2D):
-    """paddle.nn.Conv2D (no bias, groups or dilation) through the oneDNN kernel in CPU dynamic mode."""
+    """paddle.nn.Conv2D (no groups or dilation) through the oneDNN kernel in CPU dynamic mode."""
 
     _kernels: CpuKernels
     _src_block: int  # the layouts it reads and writes (0: NCHW)
     _dst_block: int
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        """The convolution."""
-        if _kernel_input(x):
-            return self._kernels.conv2d(x, self.weight, self._stride[0], self._updated_padding[0], self._src_block,
-                                        self._dst_block)
-        return super().forward(x)
+        """The convolution, and its bias when it has one (float32: the kernels' bfloat16 convs have none)."""
+        if not _kernel_input(x):
+            return super().forward(x)
+        out = self._kernels.conv2d(x, self.weight, self._stride[0], self._updated_padding[0], self._src_block,
+                                   self._dst_block)
+        return out if self.bias is None else self._kernels.add_bias(out, self.bias, self._dst_block)
 
 
 class KernelMaxPool2D(nn.MaxPool2D):
@@ -409,7 +414,7 @@ def swaps(model: nn.Layer) -> bool:
 
 def _convert(layer: nn.Layer, kernels: CpuKernels, block: int, where: str) -> tuple[nn.Layer, int]:
     """`layer` as the kernels run it, reading activations laid out in `block`, and its output's block."""
-    kind = type(layer)  # exact types: a subclass (models.Whitening) may compute something else
+    kind = type(layer)  # exact types: a subclass may compute something else (a conv's keeping its forward may not)
     if kind is nn.Sequential:
         for name, child in layer.named_children():
             new, block = _convert(child, kernels, block, f"{where}.{name}")
@@ -417,9 +422,9 @@ def _convert(layer: nn.Layer, kernels: CpuKernels, block: int, where: str) -> tu
         return layer, block
     if kind is BasicBlock:
         return _convert_block(layer, kernels, block, where)
-    if kind is nn.Conv2D and _conv_fits(layer):
+    if isinstance(layer, nn.Conv2D) and kind.forward is nn.Conv2D.forward and _conv_fits(layer, kernels):
         out = kernels.block if kernels.block and layer._out_channels % kernels.block == 0 else 0
-        return _twin(KernelConv2D, layer, kernels, _src_block=block, _dst_block=out), out
+        return _twin(_conv_twin(kind), layer, kernels, _src_block=block, _dst_block=out), out
     if kind is nn.MaxPool2D and _pool2x2(layer):
         return _twin(KernelMaxPool2D, layer, kernels, _block=block, _pool2x2=True), block
     if kind in (nn.ReLU, nn.GELU):  # element-wise, in any layout
@@ -435,9 +440,9 @@ def _convert(layer: nn.Layer, kernels: CpuKernels, block: int, where: str) -> tu
         return _twin(twin[kind], layer, kernels, _block=block, _pool2x2=False), 0
     raise CompetitionError(
         f"kernels.accelerate: layer {where} ({kind.__name__}) would read activations in the kernels' blocked "
-        f"layout (nChw{block}c), which only their own layers can; build the model there from Conv2D without bias, "
-        f"BatchNorm2D with scale and shift, ReLU, GELU, MaxPool2D, AdaptiveAvgPool2D, Flatten and models.BasicBlock, "
-        f"or train with --conv paddle.")
+        f"layout (nChw{block}c), which only their own layers can; build the model there from Conv2D (a bias in "
+        f"float32 only), BatchNorm2D with scale and shift, ReLU, GELU, MaxPool2D, AdaptiveAvgPool2D, Flatten and "
+        f"models.BasicBlock, or train with --conv paddle.")
 
 
 def _convert_block(layer: BasicBlock, kernels: CpuKernels, block: int, where: str) -> tuple[nn.Layer, int]:
@@ -453,6 +458,13 @@ def _convert_block(layer: BasicBlock, kernels: CpuKernels, block: int, where: st
     return _twin(KernelBasicBlock, layer, kernels), body
 
 
+@functools.lru_cache(maxsize=None)
+def _conv_twin(kind: type) -> type:
+    """KernelConv2D for nn.Conv2D; for a subclass that keeps Conv2D's forward (models.Whitening), a KernelConv2D
+    that is still one of it (its fit(), isinstance)."""
+    return KernelConv2D if kind is nn.Conv2D else type(f"Kernel{kind.__name__}", (KernelConv2D, kind), {})
+
+
 def _twin(cls: type, layer: nn.Layer, kernels: CpuKernels, **settings: object) -> nn.Layer:
     """`layer` as an instance of `cls` (a subclass of its class): the same parameters, buffers and sublayers."""
     twin = cls.__new__(cls)
@@ -463,10 +475,11 @@ def _twin(cls: type, layer: nn.Layer, kernels: CpuKernels, **settings: object) -
     return twin
 
 
-def _conv_fits(conv: nn.Conv2D) -> bool:
-    """Whether kernels.cc runs this conv: no bias, groups or dilation, NCHW, square zero padding and stride."""
+def _conv_fits(conv: nn.Conv2D, kernels: CpuKernels) -> bool:
+    """Whether kernels.cc runs this conv: no groups or dilation, NCHW, square zero padding and stride, and a bias
+    only in float32 (the bfloat16 convs may write bfloat16, which the bias op does not take)."""
     stride, padding = conv._stride, conv._updated_padding
-    return (conv.bias is None and conv._groups == 1 and list(conv._dilation) == [1, 1]
+    return ((conv.bias is None or not kernels.bf16) and conv._groups == 1 and list(conv._dilation) == [1, 1]
             and conv._data_format == "NCHW" and conv._padding_mode == "zeros"
             and conv._padding_algorithm == "EXPLICIT" and stride[0] == stride[1] and len(padding) == 2
             and padding[0] == padding[1])

@@ -14,7 +14,7 @@ from paddle import nn
 from competition import checkpoint, kernels, predict, runtime
 from competition.config import Config
 from competition.errors import CompetitionError
-from competition.models import BasicBlock, build_model
+from competition.models import BasicBlock, Whitening, build_model, fit_to_data
 from conftest import REPO
 
 ONEDNN = kernels.CpuKernels()
@@ -148,7 +148,7 @@ def test_the_blocked_resnet_is_as_close_to_float64_as_paddles_own_ops(onednn) ->
 
 
 @pytest.mark.parametrize("shape", [(2, 32, 28, 28), (3, 16, 13, 9)], ids=str)
-def test_blocked_pooling_and_norm_match_paddles_on_the_same_values(onednn, shape) -> None:
+def test_blocked_pooling_norm_and_bias_match_paddles_on_the_same_values(onednn, shape) -> None:
     x, upstream_norm = seeded(shape, 2, 3, 1), seeded(shape, 3)
     upstream_pool = seeded((shape[0], shape[1], shape[2] // 2, shape[3] // 2), 4)
     scale, shift = seeded((shape[1],), 5, 0.2, 1), seeded((shape[1],), 6)
@@ -156,7 +156,9 @@ def test_blocked_pooling_and_norm_match_paddles_on_the_same_values(onednn, shape
     cases = [(lambda t, b: ONEDNN.max_pool2x2(t, b), lambda t: F.max_pool2d(t, 2), [x], upstream_pool),
              (lambda t, s, h, b: ONEDNN.batch_norm(t, s, h, 1e-5, b)[0],
               lambda t, s, h: F.batch_norm(t, zeros, ones, s, h, training=True, epsilon=1e-5), [x, scale, shift],
-              upstream_norm)]
+              upstream_norm),
+             (lambda t, b, block: ONEDNN.add_bias(t, b, block), lambda t, b: t + b.reshape([1, -1, 1, 1]),
+              [x, shift], upstream_norm)]  # a conv's bias
     for ours, paddles, inputs, upstream in cases:
         theirs = run_with_gradients(paddles, inputs, upstream)
         for block in (BLOCK, 0):
@@ -250,10 +252,16 @@ def test_accelerate_swaps_layers_keeping_the_parameters_and_their_names(onednn) 
 def test_accelerate_blocks_what_fills_whole_blocks_and_leaves_the_rest_nchw(onednn) -> None:
     fast = kernels.accelerate(build_model("airnet", width=16), ONEDNN)
     convs = [layer for layer in fast.sublayers() if isinstance(layer, kernels.KernelConv2D)]
-    assert type(fast[0]).__name__ == "Whitening"  # a conv with a bias and frozen filters: Paddle's
-    assert convs[0]._src_block == 0  # it reads the whitening's NCHW output
+    assert isinstance(fast[0], Whitening) and convs[0] is fast[0]  # a conv with a bias, still one of its class
+    assert convs[0]._src_block == 0 and convs[1]._src_block == convs[0]._dst_block  # the images: NCHW
     assert [conv._dst_block for conv in convs] == [BLOCK if conv._out_channels % BLOCK == 0 else 0 for conv in convs]
-    assert all(conv._src_block == BLOCK for conv in convs[1:])
+    assert all(conv._src_block == BLOCK for conv in convs[2:])
+    images = np.random.default_rng(0).random((64, 1, 28, 28)).astype(np.float32)
+    fit_to_data(fast, images)  # the whitening's filters are still set from the images
+    reference = build_model("airnet", width=16)
+    fit_to_data(reference, images)
+    np.testing.assert_allclose(fast[0].weight.numpy(), reference[0].weight.numpy())
+    assert not np.allclose(fast[0].weight.numpy(), 0)
 
 
 def test_accelerate_refuses_a_layer_it_cannot_vouch_for_where_activations_are_blocked(onednn) -> None:
@@ -262,7 +270,8 @@ def test_accelerate_refuses_a_layer_it_cannot_vouch_for_where_activations_are_bl
     with pytest.raises(CompetitionError, match=r"layer Sequential\.3\.bn1\.1 \(AvgPool2D\) would read activations "
                                                r"in the kernels' blocked layout"):
         kernels.accelerate(net, ONEDNN)
-    for odd in (nn.Conv2D(16, 16, 3, padding=1), nn.BatchNorm2D(16, weight_attr=False)):  # a bias; no scale
+    for odd in (nn.Conv2D(16, 16, 3, padding=1, groups=2, bias_attr=False),  # groups; no scale
+                nn.BatchNorm2D(16, weight_attr=False)):
         net = build_model("resnet", width=16, depth=1)
         net[3].conv2 = odd
         with pytest.raises(CompetitionError, match=type(odd).__name__):
@@ -282,9 +291,9 @@ def test_accelerate_leaves_unknown_layers_alone_where_activations_are_nchw(onedn
 
 
 def test_a_residual_block_whose_body_and_shortcut_end_in_different_layouts_is_refused(onednn) -> None:
-    # A conv with a bias stays Paddle's: NCHW into the block, whose identity shortcut keeps NCHW while its body,
-    # 16 channels, ends blocked on every ISA; their sum has no one layout.
-    net = nn.Sequential(nn.Conv2D(1, 16, 3, padding=1), BasicBlock(16, 16))
+    # A conv that reflects its edges stays Paddle's: NCHW into the block, whose identity shortcut keeps NCHW while
+    # its body, 16 channels, ends blocked on every ISA; their sum has no one layout.
+    net = nn.Sequential(nn.Conv2D(1, 16, 3, padding=1, padding_mode="reflect"), BasicBlock(16, 16))
     with pytest.raises(CompetitionError, match=r"Sequential\.1's body ends in layout block \d+ and its shortcut in 0"):
         kernels.accelerate(net, ONEDNN)
 

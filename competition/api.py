@@ -160,7 +160,7 @@ def _start(config: Config, run_dir: Optional[Path] = None) -> tuple[Path, runtim
 
 def _train(run_dir: Path, ran: runtime.Runtime, resume: bool, data: Optional[TrainingData] = None,
            nodes: Nodes = Nodes()) -> RunResult:
-    """Train in this process, or on ran.nproc processes (of this node) through Paddle's launcher."""
+    """Train in this process, or on ran.nproc processes of this node (parallel.launch)."""
     if ran.world == 1:
         with parallel.stop_on_signals():
             return train_run(run_dir, resume=resume, data=data)

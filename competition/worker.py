@@ -1,10 +1,11 @@
-"""One rank of a multi-process job, started by `paddle.distributed.launch … worker.py MODE …`.
+"""One rank of a multi-process job, started by parallel.launch (itself on one machine's CPU, through
+`paddle.distributed.launch … worker.py MODE …` on GPUs and several machines).
 
     worker.py train RUN_DIR [--resume]
     worker.py bench OUT_JSON TRAIN_CSV ROWS SETTINGS_JSON
     worker.py probe OUT_PREFIX SHAPE_JSON      (--conv auto's timing, probe.py)
 
-Run as a script by Paddle's launcher, so it imports the package absolutely. Each rank stops
+Run as a script, so it imports the package absolutely. Each rank stops
 (exit 130) on SIGINT, SIGTERM or SIGHUP, or when `competition train` that launched it is gone,
 and leaves its exit status in the log folder for the launching process.
 """

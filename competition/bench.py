@@ -56,19 +56,25 @@ class BenchSettings:
 def paddle_step_seconds(settings: BenchSettings, images: np.ndarray, labels: np.ndarray) -> float:
     """Seconds per global training step, as `competition train` runs them (data-parallel when launched)."""
     parallel.init()
-    cpu_kernels = runtime.apply(settings.runtime())
-    rank, world = parallel.world()
-    paddle.seed(0)
-    model = kernels.accelerate(build_model(settings.model, **settings.model_options()), cpu_kernels)
+    world = parallel.world()[1]
+    model, optimizer, loader = _training(settings, images, labels, settings.batch_size // world)
     net = paddle.DataParallel(model) if world > 1 else model
-    optimizer = paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters())
-    loader = make_loader(FashionMNIST(images, labels), settings.batch_size // world, shuffle=True)
     train_one_epoch(net, loader, optimizer, max_steps=settings.warmup)
     if world > 1:
         dist.barrier()
     started = time.perf_counter()
     done = train_one_epoch(net, loader, optimizer, max_steps=settings.steps)[0]["steps"]
     return (time.perf_counter() - started) / done
+
+
+def _training(settings: BenchSettings, images: np.ndarray, labels: np.ndarray, batch: int
+              ) -> tuple[paddle.nn.Layer, paddle.optimizer.Optimizer, paddle.io.DataLoader]:
+    """The timed model (seeded, on settings' runtime), its optimizer and a loader of `batch` images a step."""
+    cpu_kernels = runtime.apply(settings.runtime())
+    paddle.seed(0)
+    model = kernels.accelerate(build_model(settings.model, **settings.model_options()), cpu_kernels)
+    optimizer = paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters())
+    return model, optimizer, make_loader(FashionMNIST(images, labels), batch, shuffle=True)
 
 
 def predict_seconds(settings: BenchSettings, images: np.ndarray) -> float:
@@ -322,18 +328,7 @@ def _paths(settings: BenchSettings) -> list[str]:
     """The CPU paths to time: both where auto could take either, else the one that would train."""
     if settings.conv != "auto":
         return [settings.conv]
-    return ["onednn", "paddle"] if _kernels_build(settings) else ["paddle"]
-
-
-def _kernels_build(settings: BenchSettings) -> bool:
-    """Whether the kernels can train here (the CPU, and kernels.cc builds)."""
-    if settings.device == "gpu" or (settings.device == "auto" and parallel.has_gpu()):
-        return False
-    try:
-        kernels.load()
-    except CompetitionError:
-        return False
-    return True
+    return ["onednn", "paddle"] if runtime.kernels_usable(settings.device) else ["paddle"]
 
 
 def _steps_of(settings: BenchSettings, conv: str) -> int:
@@ -352,12 +347,8 @@ def _step_seconds(settings: BenchSettings, train_path: Path, rows: int, images: 
 def onednn_primitives(settings: BenchSettings, images: np.ndarray, labels: np.ndarray) -> dict[str, int]:
     """The oneDNN primitives one training step ran (`convolution jit:avx2 forward_training`: times), from oneDNN's
     verbose lines; `ref:` implementations are oneDNN's slow reference code."""
-    cpu_kernels = runtime.apply(settings.runtime())
-    paddle.seed(0)
-    model = kernels.accelerate(build_model(settings.model, **settings.model_options()), cpu_kernels)
-    optimizer = paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters())
     batch = settings.batch_size // settings.nproc
-    loader = make_loader(FashionMNIST(images[:batch], labels[:batch]), batch, shuffle=True)
+    model, optimizer, loader = _training(settings, images[:batch], labels[:batch], batch)
     with tempfile.TemporaryDirectory() as folder:
         lines = Path(folder) / "verbose.txt"
         with kernels.onednn_verbose(lines):

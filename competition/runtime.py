@@ -97,7 +97,7 @@ def resolve(config: Config, nproc: int, before: Optional[Runtime] = None) -> Run
     if config.device == "gpu" and not has_gpu:
         raise CompetitionError("--device gpu: this Paddle build has no CUDA support or sees no GPU; "
                                "install paddlepaddle-gpu (see README) or use --device cpu.")
-    device = ("gpu" if has_gpu else "cpu") if config.device == "auto" else config.device
+    device = _device(config.device, has_gpu)
     built, notes = _kernels(config.conv, device)
     bf16 = config.precision == "bf16" and device == "cpu" and built and kernels.cpu_has_bf16()
     chosen, measured = ("onednn" if built else "paddle"), None
@@ -109,6 +109,16 @@ def resolve(config: Config, nproc: int, before: Optional[Runtime] = None) -> Run
         notes += _bf16_notes(config, device, built, chosen)
     return Runtime(device, chosen, "bf16" if bf16 and chosen == "onednn" else "fp32", nproc, config.nnodes,
                    paddle.__version__, kernels.cpu_has_bf16(), tuple(notes), kernels.isa_name(), measured)
+
+
+def _device(choice: str, has_gpu: bool) -> str:
+    """The device `--device auto|cpu|gpu` trains on."""
+    return ("gpu" if has_gpu else "cpu") if choice == "auto" else choice
+
+
+def kernels_usable(device: str) -> bool:
+    """Whether kernels.cc can train on `--device device` here: the CPU, and it builds."""
+    return _kernels("auto", _device(device, parallel.has_gpu()))[0]
 
 
 def _kernels(choice: str, device: str) -> tuple[bool, list[str]]:

@@ -574,6 +574,7 @@ def test_training_validation_and_prediction_run_no_reference_code_isa_cap(onednn
 @pytest.mark.parametrize("cap", ISA_CAPS)
 def test_the_kernel_tests_pass_under_isa_cap(cap: str) -> None:
     skip_unless_below_this_processor(cap)
-    result = under_cap(cap, sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-k", "not isa_cap",
-                       str(REPO / "tests" / "test_kernels.py"))
+    # -n 0: one process, inside a suite that already has a worker on every core
+    result = under_cap(cap, sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+                       "-k", "not isa_cap", str(REPO / "tests" / "test_kernels.py"))
     assert result.returncode == 0, result.stdout[-3000:]

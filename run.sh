@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 VENV=.venv
+# A time budget (--minutes, the presets quick, default and best) counts from here, set-up included.
+STARTED="${COMPETITION_STARTED_AT:-$(date +%s.%N)}"
 PY="$VENV/bin/python"
 # Paddle's own index for 3.x GPU wheels (PyPI's paddlepaddle-gpu stops at 2.6);
 # override for another CUDA version, e.g. .../stable/cu118/.
@@ -54,7 +56,7 @@ setup_env() {
 # this script alone (kill PID, a scheduler, a closed terminal) reaches it: it stops every rank after
 # saving and prints the resume line. A plain foreground command would train on after bash was gone.
 competition() {
-    "$PY" -m competition "$@" &
+    COMPETITION_STARTED_AT="$STARTED" "$PY" -m competition "$@" &
     local child=$!
     trap 'kill -TERM "$child" 2>/dev/null || true' INT TERM HUP
     while kill -0 "$child" 2>/dev/null; do wait "$child" || true; done
@@ -83,4 +85,4 @@ if [ "${1:-}" = "cv" ]; then
 fi
 [ "$#" -gt 0 ] || set -- --preset default
 competition train "$@"
-exec "$PY" -m competition predict --tta 6
+COMPETITION_STARTED_AT="$STARTED" exec "$PY" -m competition predict --tta 6

@@ -12,11 +12,11 @@ import base64
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Union
 
-from . import checkpoint, parallel, report, runtime
+from . import checkpoint, parallel, plan, report, runtime
 from .config import Config
 from .data import TrainingData, load_training_data
 from .errors import CompetitionError, TrainingFailed, TrainingInterrupted
@@ -33,17 +33,30 @@ Run = Union[str, Path, RunResult]
 
 
 def fit(config: Config, node_rank: Optional[int] = None, master: Optional[str] = None,
-        run_dir: Optional[Path] = None) -> RunResult:
+        run_dir: Optional[Path] = None, planned: Optional[plan.Plan] = None,
+        data: Optional[TrainingData] = None) -> RunResult:
     """Train a new run of `config` on config.nproc processes of this machine, then write its report.
 
     With config.nnodes > 1 this machine is node `node_rank` of a job whose node 0 is at `master`
     (HOST:PORT). Everything that can be refused is refused before the run folder exists. The run
-    folder is a new runs_dir/<time>-<model>/, or `run_dir` when given (a cv fold's).
+    folder is a new runs_dir/<time>-<model>/, or `run_dir` when given (a cv fold's). With config.minutes
+    (a budget preset, or minutes=M) the recipe is first planned to fit (plan.py), unless `planned` (or the
+    folder holding `run_dir`) already has its plan.
     """
+    if config.minutes is not None and planned is None and (run_dir is None or plan.load(run_dir) is None):
+        options = {**plan.explicit_options(config), "extra": config.extra}
+        planned, data = plan_run(config, options, plan.command_started(now=True))
+        if len(planned.configs) > 1:
+            raise CompetitionError(f"the {config.minutes:g}-minute plan here is an ensemble "
+                                   f"({planned.record['choice']}); competition train --minutes {config.minutes:g} "
+                                   "trains it.")
+        config = planned.configs[0]
     nodes = _nodes(config.nnodes, node_rank, master)
     if nodes.rank > 0:
         return _join(config, nodes)
-    run_dir, ran, data = _start(config, run_dir)
+    run_dir, ran, data = _start(config, run_dir, data)
+    if planned is not None:
+        planned.save(run_dir)  # its line goes into the log as training starts (train_run)
     job = _announce(run_dir, config, nodes)
     try:
         result = _train(run_dir, ran, resume=False, data=data, nodes=nodes)
@@ -51,7 +64,23 @@ def fit(config: Config, node_rank: Optional[int] = None, master: Optional[str] =
         if job is not None:
             job.unlink(missing_ok=True)
     report.write_report(run_dir)
+    if planned is not None:
+        log.info("%s", plan.finish(run_dir, planned.record))
     return result
+
+
+def plan_run(config: Config, options: dict, started: float, ensembles: bool = False,
+             runs: int = 1) -> tuple[plan.Plan, TrainingData]:
+    """The plan of a budgeted configuration (config.minutes) with the user's `options`, and the data it read;
+    `runs`: cv folds (config.folds set), each a run of the plan's recipe."""
+    config.validate()  # bad options fail before the data is read and the shapes are probed
+    if config.nnodes > 1:
+        raise CompetitionError("--minutes plans a run on one machine; drop --nnodes, or give --epochs.")
+    runtime.kernels_usable(config.device)  # builds kernels.cc now if it must: the plan counts the build as spent
+    first = replace(config, fold=1) if runs > 1 else config
+    data = load_training_data(first)
+    found = plan.make(config.minutes, options, (len(data[1]), len(data[2])), started, runs=runs, ensembles=ensembles)
+    return found, data
 
 
 def resume(run_dir: Union[str, Path], epochs: Optional[int] = None, node_rank: Optional[int] = None,
@@ -136,20 +165,23 @@ def view_report(run: Optional[Run] = None, runs_dir: str = "runs") -> Report:
     return Report(Path(run_dir), report.write_report(run_dir))
 
 
-def prepare(config: Config) -> tuple[runtime.Runtime, TrainingData]:
+def prepare(config: Config, data: Optional[TrainingData] = None) -> tuple[runtime.Runtime, TrainingData]:
     """Refuse what can be refused before anything is written: the configuration (its process count
-    filled in), its runtime, the model's options and the data; return the runtime and the data."""
+    filled in), its runtime, the model's options and the data (read, unless given); return the runtime and the
+    data."""
     if config.nproc is None:
         config.nproc = parallel.default_nproc(config.batch_size)
     config.validate()
     ran = runtime.resolve(config, config.nproc)  # a missing GPU or a --conv onednn that won't build fails here
     build_model(config.model, **config.model_options())  # a bad model fails before the data is read
-    return ran, load_training_data(config)
+    return ran, data if data is not None else load_training_data(config)
 
 
-def _start(config: Config, run_dir: Optional[Path] = None) -> tuple[Path, runtime.Runtime, TrainingData]:
-    """Check the configuration, its runtime and the data, then create the run folder (or use `run_dir`)."""
-    ran, data = prepare(config)
+def _start(config: Config, run_dir: Optional[Path] = None, data: Optional[TrainingData] = None
+           ) -> tuple[Path, runtime.Runtime, TrainingData]:
+    """Check the configuration, its runtime and the data (read, unless given), then create the run folder (or use
+    `run_dir`)."""
+    ran, data = prepare(config, data)
     if run_dir is None:
         run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
     else:

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
 
-from . import api, checkpoint, cv, ensemble, parallel, report, submission, tune
+from . import api, checkpoint, cv, ensemble, parallel, plan, report, submission, tune
 from .api import DEFAULT_OUT
 from .bench import BenchSettings, run_bench
-from .config import CONV_CHOICES, ENSEMBLES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Config, from_preset
+from .config import (BUDGETS, CONV_CHOICES, ENSEMBLES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Config,
+                     from_preset)
 from .data import TRAIN_FILE, data_file, read_train_csv
 from .errors import CompetitionError
 from .logs import setup_logging
@@ -52,6 +55,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                        argument_default=argparse.SUPPRESS)
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run in its folder "
                    "(only --epochs may change)")
+    p.add_argument("--minutes", type=float, metavar="M", help=f"a time budget for the whole command: train the "
+                   f"most accurate measured recipe that fits here (presets: {_BUDGET_NAMES}; not with --epochs)")
     _add_recipe_options(p)
     p.add_argument("--val-size", type=_val_size, metavar="N|FRACTION",
                    help=f"validation rows held out, or a fraction; 0 trains on all rows "
@@ -68,6 +73,9 @@ def _cv_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cv", help="k-fold cross-validation: one run per fold in runs/<timestamp>-cv-<model>/",
                        argument_default=argparse.SUPPRESS)
     p.add_argument("--resume", metavar="CVDIR", help="continue a stopped cv from its first unfinished fold and epoch")
+    p.add_argument("--minutes", type=float, metavar="M", help="a time budget for the whole cv (every fold, the "
+                   "submission): each fold trains the most accurate measured recipe that fits; a budget preset "
+                   "without it gives each fold the preset's minutes")
     p.add_argument("--folds", type=int, metavar="K", help=f"number of folds (2 or more; each row validates once; "
                    f"default {DEFAULT_FOLDS})")
     p.add_argument("--holdout", type=int, metavar="N", help="stratified rows kept out of every fold, to score the "
@@ -98,6 +106,7 @@ def _tune_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_tune)
 
 
+_BUDGET_NAMES = ", ".join(f"{name} {minutes:g}" for name, minutes in BUDGETS.items())
 _ENSEMBLE_NAMES = ", ".join(f"{name} = {' + '.join(members)}" for name, members in ENSEMBLES.items())
 
 
@@ -240,13 +249,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     run = given.pop("resume", None)
     node_rank, master = given.pop("node_rank", None), given.pop("master", None)
-    if run is None and given.get("preset") in ENSEMBLES:
+    if run is None and given.get("preset") in ENSEMBLES and "epochs" in given and given.get("minutes") is None:
         if node_rank is not None or master:
             raise CompetitionError(f"preset {given['preset']} trains on one machine; drop --node-rank and --master.")
         return _print_ensemble(ensemble.run_ensemble(ensemble.start_ensemble(
             given.pop("preset"), {**given, "extra": {"argv": sys.argv[1:]}})))
     if run is None:
         config = from_preset(given.pop("preset", None), **given, extra={"argv": sys.argv[1:]})
+        if config.minutes is not None:
+            return _train_budget(config, given, node_rank, master)
         result = api.fit(config, node_rank, master)
     else:
         fixed = sorted(set(given) - {"epochs"})
@@ -260,6 +271,25 @@ def cmd_train(args: argparse.Namespace) -> int:
                                        "drop --epochs, --node-rank and --master.")
             return _print_ensemble(ensemble.run_ensemble(Path(run)))
         result = api.resume(Path(run), given.get("epochs"), node_rank, master)
+    return _print_run(result, node_rank)
+
+
+def _train_budget(config: Config, given: dict, node_rank: Optional[int], master: Optional[str]) -> int:
+    """--minutes (or a budget preset): plan the recipe that fits, then train it (a run, or an ensemble)."""
+    if node_rank is not None or master:
+        raise CompetitionError("--minutes plans a run on one machine; drop --node-rank and --master, or give --epochs.")
+    planned, data = api.plan_run(config, {**given, "extra": config.extra}, plan.command_started(), ensembles=True)
+    if len(planned.configs) == 1:
+        return _print_run(api.fit(planned.configs[0], planned=planned, data=data), None)
+    ens_dir = ensemble.start_ensemble(config.preset or "minutes", {}, planned.configs)
+    planned.save(ens_dir)  # each member's log starts with its line
+    result = ensemble.run_ensemble(ens_dir)
+    print(plan.finish(ens_dir, planned.record), file=sys.stderr)
+    return _print_ensemble(result)
+
+
+def _print_run(result: "api.RunResult", node_rank: Optional[int]) -> int:
+    """The per-class table, the best validation accuracy (with its views) and the run folder."""
     if node_rank:
         print(f"node {node_rank}: its ranks finished; node 0 writes the report of {result.run_dir}")
         return 0
@@ -299,10 +329,22 @@ def cmd_cv(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     cv_dir, views = given.pop("resume", None), given.pop("submit", None)
     out, test = given.pop("out", DEFAULT_OUT), given.pop("test", None)
+    planned = None
     if cv_dir is None:
         given.setdefault("folds", DEFAULT_FOLDS)
+        if given.get("preset") in ENSEMBLES:
+            raise CompetitionError(f"preset '{given['preset']}' is an ensemble of "
+                                   f"{' and '.join(ENSEMBLES[given['preset']])}; a cv trains one recipe: name one "
+                                   "of them with --preset, or give --minutes.")
         config = from_preset(given.pop("preset", None), **given, extra={"argv": sys.argv[1:]})
+        if config.minutes is not None:  # the whole cv's budget; a budget preset's minutes are each fold's
+            minutes = config.minutes if "minutes" in given else config.minutes * config.folds
+            planned, _ = api.plan_run(replace(config, minutes=minutes), {**given, "extra": config.extra},
+                                      plan.command_started(), runs=config.folds)
+            config = planned.configs[0]
         cv_dir = cv.start_cv(config)
+        if planned is not None:
+            planned.save(cv_dir)  # each fold's log starts with its line
     elif given:
         names = ", ".join("--" + name.replace("_", "-") for name in sorted(given))
         raise CompetitionError(f"--resume continues {cv_dir} with its saved configuration; drop {names}.")
@@ -317,6 +359,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
         data_dir = checkpoint.read_cv_record(result.cv_dir)["config"]["data_dir"]  # the cv's, for the test file too
         written = api.submit([result.cv_dir], tta=views, out=out, test=test, data_dir=data_dir)
         print(f"submission: {written.path} ({written.rows} rows; archived as {written.archived})")
+    if planned is not None:
+        print(plan.finish(result.cv_dir, planned.record), file=sys.stderr)
     return 0
 
 
@@ -333,6 +377,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if trials is None or trials < 1:
             raise CompetitionError("competition tune needs --trials N (1 or more), or --show.")
         given.setdefault("val_size", TUNE_VAL_SIZE)  # fixed, so the best trial's command line holds it too
+        if preset in ENSEMBLES:
+            raise CompetitionError(f"tune searches one recipe; preset {preset} is an ensemble of "
+                                   f"{' and '.join(ENSEMBLES[preset])}: name one of them with --preset.")
+        if preset in BUDGETS and "epochs" not in given:  # trials train the preset's own recipe, not a plan
+            given["epochs"] = PRESETS[preset]["epochs"]
         fixed = {k: v for k, v in given.items() if k not in ("preset", "runs_dir")}
         base = from_preset(given.pop("preset", None), **given, extra={"argv": sys.argv[1:]})
         study = tune.tune(base, fixed, trials, timeout, name, storage)
@@ -397,6 +446,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         print(f"{what}{tta}: validation accuracy {accuracy_text(result.val_acc, result.val_rows)}")
     print(f"submission: {result.path} ({result.rows} rows; archived as {result.archived})")
+    planned = plan.load(run_dirs[0]) if len(run_dirs) == 1 and plan.STARTED_ENV in os.environ else None
+    if planned is not None and planned.get("started") == plan.command_started():  # run.sh: the run it trained
+        print(plan.whole_line(planned))
     return 0
 
 

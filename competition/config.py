@@ -18,6 +18,10 @@ class Config:
 
     model: str = "conv"
     epochs: int = 5
+    # A time budget for the whole command (plan.py): the most accurate measured recipe whose predicted wall time
+    # fits; set, the run's model, width and epochs are the plan's. The presets quick, default and best are
+    # budgets (BUDGETS) unless --epochs is given.
+    minutes: Optional[float] = None
     lr: float = 1e-3  # Adam; the reference notebook's 1e-4 needs many more epochs
     batch_size: int = 256
     # Rows held out for validation (>= 1) or a fraction of the data (< 1);
@@ -84,6 +88,8 @@ class Config:
         """The first setting out of range: (key, command-line message, what a config.json needs)."""
         checks = [
             ("epochs", self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}.", "at least 1"),
+            ("minutes", self.minutes is None or self.minutes > 0,
+             f"--minutes must be positive, got {self.minutes}.", "a positive number or null"),
             ("lr", self.lr > 0, f"--lr must be positive, got {self.lr}.", "a positive number"),
             ("batch_size", self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}.",
              "at least 1"),
@@ -298,14 +304,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 # their rows (BENCHMARKS.md).
 ENSEMBLES: dict[str, tuple[str, ...]] = {"best": ("resnet", "airnet64")}
 
+# Presets that are time budgets, in minutes of the whole command: quick, default and best plan the most accurate
+# recipe that fits on this machine (plan.py), unless --epochs fixes the preset's own recipe.
+BUDGETS: dict[str, float] = {"quick": 2.0, "default": 10.0, "best": 60.0}
+
 
 def from_preset(preset: Optional[str], **options: Any) -> Config:
-    """A configuration from a preset (if named) with explicit options on top."""
-    if preset in ENSEMBLES:
+    """A configuration from a preset (if named) with explicit options on top. A budget preset (BUDGETS) without
+    --epochs sets `minutes`, and its model, width and epochs are placeholders until the plan (plan.py) fills them."""
+    if options.get("minutes") is not None and "epochs" in options:
+        raise CompetitionError(f"--minutes {options['minutes']:g} plans the epochs itself; give --minutes or "
+                               f"--epochs {options['epochs']}, not both.")
+    if preset in BUDGETS and "epochs" not in options:
+        options.setdefault("minutes", BUDGETS[preset])
+    if preset in ENSEMBLES and options.get("minutes") is None:
         raise CompetitionError(f"preset '{preset}' is an ensemble of {' and '.join(ENSEMBLES[preset])}; "
                                f"competition train --preset {preset} (or bash run.sh --preset {preset}) trains "
                                f"it; here name one of its members with --preset.")
-    if preset is not None and preset not in PRESETS:
+    if preset is not None and preset not in PRESETS and preset not in ENSEMBLES:
         raise CompetitionError(f"unknown preset '{preset}'; expected one of {', '.join([*PRESETS, *ENSEMBLES])}.")
-    base = dict(PRESETS[preset]) if preset else {}
+    base = dict(PRESETS.get(preset, {})) if preset else {}
     return Config(**{**base, **options, "preset": preset})

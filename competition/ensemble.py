@@ -32,16 +32,17 @@ class EnsembleResult:
     figures: Optional[dict[str, Any]]
 
 
-def start_ensemble(preset: str, options: dict[str, Any]) -> Path:
-    """Check every member's configuration (its preset with `options` on top) and create the ensemble folder."""
-    configs = [from_preset(member, **options) for member in ENSEMBLES[preset]]
+def start_ensemble(preset: str, options: dict[str, Any], configs: Optional[list[Config]] = None) -> Path:
+    """Check every member's configuration (its preset with `options` on top, or `configs`: a plan's) and create the
+    ensemble folder."""
+    configs = configs or [from_preset(member, **options) for member in ENSEMBLES[preset]]
     if configs[0].nnodes > 1:
         raise CompetitionError(f"preset {preset} trains on one machine; drop --nnodes (each member uses every core).")
     for config in configs:
         api.prepare(config)  # bad options, data or runtime fail here, before anything is written
     ens_dir = checkpoint.create_run_dir(configs[0].runs_dir, f"ensemble-{preset}")
     _write_record(ens_dir, {"preset": preset, "members": [c.to_dict() for c in configs], "finished": {}})
-    log.info("ensemble %s of %s in %s", preset, " and ".join(ENSEMBLES[preset]), ens_dir)
+    log.info("ensemble %s of %s in %s", preset, " and ".join(str(c.preset) for c in configs), ens_dir)
     return ens_dir
 
 

@@ -24,6 +24,7 @@ import paddle.nn.functional as F
 from . import kernels, parallel
 from .errors import CompetitionError
 from .files import atomic_path, exclusive, user_cache_dir
+from .data import EVAL_BATCH
 from .models import build_model
 
 log = logging.getLogger(__name__)
@@ -77,21 +78,42 @@ def cache_path() -> Path:
 
 def choose(shape: Shape) -> dict[str, Any]:
     """The faster path for `shape` with both timings: cached, or measured now (and cached)."""
-    key = shape.key()
+    return choose_all([shape])[shape]
+
+
+def choose_all(shapes: list[Shape]) -> dict[Shape, dict[str, Any]]:
+    """choose() for several shapes; those not cached are measured in one launch of the processes."""
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(path.with_name(path.name + ".lock")):  # processes probing at once take turns
         cached = _read(path)
-        if key in cached:
-            return {**cached[key], "cached": True}
-        log.info("measuring which conv path trains %s faster on this processor (once)", shape.describe())
-        seconds = measure(shape)
-        record = {f"{name}_step_s": round(seconds[name], 5) for name in PATHS}
-        record.update(choice=min(PATHS, key=seconds.__getitem__), measured=datetime.now().isoformat(timespec="seconds"),
-                      shape=asdict(shape), isa=kernels.isa_name(), processor=processor())
+        found = {shape: {**cached[shape.key()], "cached": True} for shape in shapes if _usable(cached.get(shape.key()))}
+        missing = [shape for shape in dict.fromkeys(shapes) if shape not in found]
+        if not missing:
+            return found
+        for shape in missing:
+            log.info("measuring which conv path trains %s faster on this processor (once)", shape.describe())
+        measured = [measure(missing[0])] if len(missing) == 1 else measure_all(missing)
+        records = {shape.key(): _record(shape, seconds) for shape, seconds in zip(missing, measured)}
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({**cached, key: record}, indent=1) + "\n")
-    return {**record, "cached": False}
+            tmp.write_text(json.dumps({**cached, **records}, indent=1) + "\n")
+    return {**found, **{shape: {**records[shape.key()], "cached": False} for shape in missing}}
+
+
+def _usable(entry: Any) -> bool:
+    """A cache entry with every figure a run needs (entries written before the eval timing are measured again)."""
+    return isinstance(entry, dict) and all(f"{name}_step_s" in entry and f"{name}_eval_image_s" in entry
+                                           for name in PATHS)
+
+
+def _record(shape: Shape, seconds: dict[str, float]) -> dict[str, Any]:
+    """The cache entry of one shape: each path's step and per-image validation seconds, the choice, when and where."""
+    record: dict[str, Any] = {f"{name}_step_s": round(seconds[name], 5) for name in PATHS}
+    record.update({f"{name}_eval_image_s": round(seconds[f"{name}_eval"], 7) for name in PATHS
+                   if f"{name}_eval" in seconds})
+    record.update(choice=min(PATHS, key=seconds.__getitem__), measured=datetime.now().isoformat(timespec="seconds"),
+                  shape=asdict(shape), isa=kernels.isa_name(), processor=processor())
+    return record
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -104,30 +126,44 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def measure(shape: Shape) -> dict[str, float]:
-    """Seconds a training step takes through each path, on shape.nproc processes (the slowest one's)."""
-    if shape.nproc == 1:
-        return step_seconds(shape)
+    """Seconds a training step takes through each path, on shape.nproc processes (the slowest one's), and
+    seconds an image of validation takes (`onednn_eval`, `paddle_eval`)."""
+    return measure_all([shape])[0]
+
+
+def measure_all(shapes: list[Shape]) -> list[dict[str, float]]:
+    """measure() for several shapes of one process count, in one launch of the processes."""
+    nproc = shapes[0].nproc
+    if nproc == 1:
+        return [step_seconds(shape) for shape in shapes]
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "probe"
-        ended = parallel.launch(["probe", str(out), json.dumps(asdict(shape))], shape.nproc, Path(folder) / "logs",
-                                "cpu")
+        ended = parallel.launch(["probe", str(out), json.dumps([asdict(shape) for shape in shapes])], nproc,
+                                Path(folder) / "logs", "cpu")
         found = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("probe.*.json"))]
-        if ended.code != 0 or len(found) != shape.nproc:
-            raise CompetitionError(f"the {shape.nproc}-process conv probe failed (exit {ended.code}"
+        if ended.code != 0 or len(found) != nproc:
+            raise CompetitionError(f"the {nproc}-process conv probe failed (exit {ended.code}"
                                    + (f": {ended.failure}" if ended.failure else "") + ").")
-    return {name: max(rank[name] for rank in found) for name in PATHS}
+    return [{name: max(rank[k][name] for rank in found) for name in found[0][k]} for k in range(len(shapes))]
 
 
-def probe_worker(out: Path, shape: Shape) -> None:
-    """One rank of a launched probe: time both paths in step with the other ranks; write out.RANK.json."""
+def probe_worker(out: Path, shapes: list[Shape]) -> None:
+    """One rank of a launched probe: time both paths of each shape in step with the other ranks; write
+    out.RANK.json (one entry per shape)."""
     parallel.init()
     rank, world = parallel.world()
     barrier = paddle.distributed.barrier if world > 1 else None
-    Path(f"{out}.{rank}.json").write_text(json.dumps(step_seconds(shape, barrier)))
+    Path(f"{out}.{rank}.json").write_text(json.dumps([step_seconds(shape, barrier) for shape in shapes]))
+
+
+def shape_of(values: dict[str, Any]) -> Shape:
+    """A Shape from its JSON form (asdict)."""
+    return Shape(**{**values, "options": tuple(map(tuple, values["options"]))})
 
 
 def step_seconds(shape: Shape, barrier: Optional[Callable[[], None]] = None) -> dict[str, float]:
-    """Seconds a training step of `shape` takes in this process, through the kernels and through Paddle's ops."""
+    """Seconds a training step of `shape` takes in this process, through the kernels and through Paddle's ops,
+    and seconds an image of validation takes through each (`onednn_eval`, `paddle_eval`)."""
     paddle.set_device("cpu")
     kernels.load(), kernels.keep_freed_memory()
     bf16 = shape.precision == "bf16"
@@ -140,7 +176,29 @@ def step_seconds(shape: Shape, barrier: Optional[Callable[[], None]] = None) -> 
         net = kernels.accelerate(build_model(shape.model, **dict(shape.options)), choices[name])
         other = min(seconds.values(), default=None)
         seconds[name] = _timed_steps(net, shape.batch, None if other is None else CLEAR * other)
+        seconds[f"{name}_eval"] = _eval_image_seconds(net)
     return seconds
+
+
+def gpu_seconds(shape: Shape) -> dict[str, Any]:
+    """On a GPU, in this process: seconds a training step of Paddle's ops and a validation image take (for the
+    planner; never run here, where no GPU has Paddle)."""
+    paddle.set_device("gpu")
+    paddle.seed(0)
+    net = build_model(shape.model, **dict(shape.options))
+    step = _timed_steps(net, shape.batch, None)
+    return {"step_s": step, "eval_image_s": _eval_image_seconds(net), "path": "paddle"}
+
+
+def _eval_image_seconds(net: paddle.nn.Layer) -> float:
+    """Seconds of validation an image, at the validation batch (the second of two batches)."""
+    x = paddle.rand([EVAL_BATCH, 1, 28, 28])
+    net.eval()
+    with paddle.no_grad():
+        for _ in range(2):
+            started = time.perf_counter()
+            float(net(x).sum())
+    return (time.perf_counter() - started) / EVAL_BATCH
 
 
 def _timed_steps(net: paddle.nn.Layer, batch: int, enough: Optional[float]) -> float:

@@ -17,7 +17,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from . import checkpoint, kernels, parallel, predict, runtime
+from . import checkpoint, kernels, parallel, plan, predict, runtime
 from .checkpoint import RunWriter, TrainState, Validation
 from .config import Config
 from .data import (EVAL_BATCH, Augment, FashionMNIST, ImageTable, TrainingData, batches_of, load_training_data,
@@ -242,6 +242,9 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
                  ran.describe(), run_dir)
         if ran.probe_line():
             log.info("%s", ran.probe_line())
+        planned = plan.load(run_dir)
+        if planned is not None:
+            log.info("%s", plan.line(planned))
         for note in ran.notes:
             log.warning("%s", note)
         log.info("data: %s, %d training rows, %d validation rows", table.path, len(train_idx), len(val_idx))
@@ -296,6 +299,7 @@ def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimiz
     """
     val_loader, val_rows = validation
     net = paddle.DataParallel(model) if parallel.world()[1] > 1 else model  # averages gradients over ranks
+    pace = plan.planned_epoch_seconds(writer.run_dir) if writer.active else None
     for epoch in range(state.epoch + 1, config.epochs + 1):
         started = time.perf_counter()
         train_loader.dataset.set_epoch(config.seed * 100_003 + epoch)  # the shuffle follows --seed
@@ -318,6 +322,12 @@ def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimiz
         log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f (%.4f-%.4f) lr %.2g %.1fs",
                  epoch, config.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"], low,
                  high, lr, row["seconds"])
+        if pace is not None:
+            behind = plan.behind_line(len(state.history), sum(r["seconds"] for r in state.history), pace,
+                                      config.epochs)
+            if behind is not None:
+                log.warning("%s", behind)
+                pace = None  # said once; the end of training prints predicted against actual
 
 
 def validate(model: nn.Layer, val_loader: Optional[paddle.io.DataLoader]) -> dict[str, float]:

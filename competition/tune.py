@@ -209,7 +209,7 @@ def run_trial(trial: optuna.Trial, base: Config, fixed: dict[str, Any], trials: 
     if len(ahead) >= trials:
         trial.study.stop()
         raise _Surplus
-    config = dataclasses.replace(base, **suggest(trial, base, list(fixed)),
+    config = dataclasses.replace(base, **suggest(trial, base, list(fixed)), minutes=None,  # a trial is its recipe
                                  extra={**base.extra, "tune": {"study": trial.study.study_name,
                                                                "trial": trial.number}})
     run_dir = checkpoint.create_run_dir(str(study_dir), f"trial{trial.number}")

@@ -3,7 +3,7 @@
 
     worker.py train RUN_DIR [--resume]
     worker.py bench OUT_JSON TRAIN_CSV ROWS SETTINGS_JSON
-    worker.py probe OUT_PREFIX SHAPE_JSON      (--conv auto's timing, probe.py)
+    worker.py probe OUT_PREFIX SHAPES_JSON     (--conv auto's and the planner's timings, probe.py)
 
 Run as a script, so it imports the package absolutely. Each rank stops
 (exit 130) on SIGINT, SIGTERM or SIGHUP, or when `competition train` that launched it is gone,
@@ -18,7 +18,7 @@ from competition.bench import BenchSettings, bench_worker
 from competition.logs import setup_logging
 from competition.data import read_train_csv
 from competition.errors import CompetitionError
-from competition.probe import Shape, probe_worker
+from competition.probe import probe_worker, shape_of
 from competition.train import train_run
 
 
@@ -33,8 +33,7 @@ def main(argv: list[str]) -> int:
             if mode == "train":
                 train_run(Path(args[0]), resume="--resume" in args[1:])
             elif mode == "probe":
-                shape = json.loads(args[1])
-                probe_worker(Path(args[0]), Shape(**{**shape, "options": tuple(map(tuple, shape["options"]))}))
+                probe_worker(Path(args[0]), [shape_of(values) for values in json.loads(args[1])])
             else:
                 table = read_train_csv(Path(args[1])).head(int(args[2]))
                 bench_worker(Path(args[0]), BenchSettings(**json.loads(args[3])), table.images, table.labels)

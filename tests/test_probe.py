@@ -89,7 +89,21 @@ def test_a_run_records_the_probe_in_runtime_json_and_its_log(tiny_run: Path) -> 
 def test_a_probe_on_two_processes_times_each_path_on_both(cache: Path) -> None:
     shape = probe.Shape("cnn", (), 8, 2, "fp32")
     seconds = probe.measure(shape)
-    assert set(seconds) == {"onednn", "paddle"} and all(s > 0 for s in seconds.values())
+    assert set(seconds) == {"onednn", "paddle", "onednn_eval", "paddle_eval"} and all(s > 0 for s in seconds.values())
+    assert seconds["onednn_eval"] < seconds["onednn"] / 8  # an image's validation: a fraction of a step's images
+
+
+def test_several_shapes_are_probed_in_one_launch_and_old_entries_again(cache: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    shapes = [probe.Shape("cnn", (), 8, 2, "fp32"), probe.Shape("cnn", (("width", 8),), 8, 2, "fp32")]
+    cache.write_text(json.dumps({shapes[0].key(): {"onednn_step_s": 1.0, "paddle_step_s": 2.0, "choice": "onednn"}}))
+    launched = []
+    monkeypatch.setattr(probe, "measure_all", lambda found: launched.append(found) or
+                        [{"onednn": 1.0, "paddle": 2.0, "onednn_eval": 0.01, "paddle_eval": 0.02}] * len(found))
+    found = probe.choose_all(shapes)
+    assert launched == [shapes]  # the entry without validation timings was measured again, with the other
+    assert all(found[s]["onednn_eval_image_s"] == 0.01 and found[s]["cached"] is False for s in shapes)
+    assert all(r["cached"] for r in probe.choose_all(shapes).values())
 
 
 def test_a_resumed_run_keeps_the_path_it_started_on_unless_the_processor_changed(

@@ -86,6 +86,22 @@ def test_no_options_train_the_default_preset_then_predict(repo: Path) -> None:
     assert calls(repo)[-2:] == ["-m competition train --preset default", "-m competition predict --tta 6"]
 
 
+TIMED_SET_UP = """#!/usr/bin/env bash
+case "$*" in
+    *"pip install"*) sleep 1 ;;  # a set-up that takes time
+    *"competition train"*) python3 -c "import os, time; print(time.time() - float(os.environ['COMPETITION_STARTED_AT']))" \
+        > "$(dirname "$0")/../../spent" ;;
+esac
+"""
+
+
+def test_the_set_up_counts_against_the_budget_of_the_command(repo: Path) -> None:
+    _executable(repo / ".venv" / "bin" / "python", TIMED_SET_UP)
+    assert run_sh(repo, COMPETITION_STARTED_AT="").returncode == 0
+    spent = float((repo / "spent").read_text())  # what training was told the command had spent before it
+    assert 3 <= spent < 30  # three installs of a second each
+
+
 def test_cv_subcommand_runs_the_cv_that_submits_its_fold_ensemble(repo: Path) -> None:
     assert run_sh(repo, "cv").returncode == 0
     assert calls(repo)[-1] == "-m competition cv --submit 6 --preset default"

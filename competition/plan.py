@@ -1,0 +1,365 @@
+"""Time budgets (`--minutes M`; the presets quick, default and best are 2, 10 and 60 minutes): the most accurate
+recipe whose predicted wall time fits, planned before training from what this machine measures.
+
+A recipe's accuracy was measured once on 10,000-row splits (LINES, ENSEMBLE_RECIPES); its cost is its training
+steps at a model shape. The probe (probe.py, the same timing that --conv auto decides by, cached per processor)
+gives this machine's seconds a step and a validation image for each shape; the fixed costs (start-up, the
+end-of-training scoring, the six-view prediction) are measured constants below. The plan picks the most accurate
+recipe whose prediction fits the budget less MARGIN, and is kept in the run folder (plan.json): a resumed run
+keeps it, and the training loop warns when it falls behind.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import kernels, parallel, probe
+from .config import BUDGETS, Config, from_preset  # noqa: F401  (BUDGETS: the presets' minutes)
+from .errors import CompetitionError
+from .files import atomic_path
+
+log = logging.getLogger("competition")
+
+PLAN_JSON = "plan.json"
+STARTED_ENV = "COMPETITION_STARTED_AT"  # run.sh's start (Unix seconds), so its set-up counts against the budget
+TEST_ROWS = 10_000  # the contest's test file, predicted with six views after training
+MARGIN = 0.05  # predicted wall time must fit in (1 - MARGIN) of the budget (measured errors: BENCHMARKS.md)
+BEHIND = 0.10  # the training loop warns once its epochs run this much over the plan
+
+# The cost model, fitted to the grid runs of BENCHMARKS.md's "Time budgets" (2-core Xeon, AVX-512, float32): a
+# training step takes STEP_FACTOR x the probe's bare step (random data, no loader, no all-reduce) plus STEP_S (the
+# loader, the augmentation, the all-reduce, the weight average). Quiet epochs against the model: cnn 12.4 s (11.6
+# predicted), airnet 16 12.8 s (13.2), airnet 32 35.6-38.4 s (35.6). Validation takes the probe's per-image time;
+# the end-of-training scoring (six views of every validation row, one process) SCORING_FACTOR x it.
+STEP_FACTOR = 1.07
+STEP_S = 0.008
+SCORING_FACTOR = 0.6
+START_S = 7.0  # the processes' start: Paddle's import, the data, the model (cnn 6.4 s, airnet 16 5.9 s)
+END_S = 3.0  # exporting the model and the report, besides the scoring (cnn 4.7-5.3 s in all)
+PREDICT_S = 6.0  # `competition predict`'s start and the test file, besides six views of its images
+CV_END_S = 10.0  # the cv's out-of-fold table and report
+
+
+@dataclass(frozen=True)
+class Line:
+    """One recipe at one model shape, measured at several epoch counts (between them: linear in epochs)."""
+
+    preset: str  # the preset that holds the rest of the recipe
+    width: Optional[int]  # on top of the preset's (None: the preset's own)
+    accuracy: dict[int, float]  # epochs -> six-view validation accuracy, 10,000-row splits, mean of the seeds
+    evidence: str
+
+
+# LINES run from the cheapest step to the dearest: the planner probes their shapes in this order and stops at the
+# first whose shortest recipe cannot fit.
+# Six-view accuracy (what run.sh submits) on 10,000-row splits; float32, seed 0, on a 2-core Xeon (AVX-512,
+# 2026-12-03) unless the evidence says otherwise. Where a figure exists in both precisions the lower is kept
+# (airnet 48 x 12: 95.00% in float32, 95.17% in bfloat16). BENCHMARKS.md, "Time budgets", lists them all.
+LINES: tuple[Line, ...] = (
+    Line("quick", None, {3: 0.9063, 5: 0.9174, 7: 0.9253, 9: 0.9313}, "cnn; 9: two seeds (e2d2e21)"),
+    Line("default", 16, {4: 0.9173, 8: 0.9356, 16: 0.9421}, "airnet 16"),
+    Line("default", 32, {4: 0.9315, 8: 0.9453, 12: 0.9476, 16: 0.9504, 22: 0.9505},
+         "airnet 32; 16, 22: bf16, two seeds (1b0a17e, 8488ad3)"),
+    Line("default", None, {5: 0.9374, 12: 0.9500}, "airnet 48; 12: fp32 95.00% (Zen 3, seed 0), bf16 95.17%"),
+    Line("airnet64", None, {30: 0.9549, 36: 0.9558}, "bf16, two seeds (b8f6bff, 1b0a17e)"),
+    Line("resnet", None, {28: 0.9575, 34: 0.9593}, "resnet 32x2; bf16, two seeds (6e94a1e, 1b0a17e)"),
+)
+# Ensembles of two members' (preset, epochs), their probabilities' geometric mean; two seeds (BENCHMARKS.md,
+# "`best` with longer members"). Measured in bfloat16 only.
+ENSEMBLE_RECIPES: tuple[tuple[tuple[tuple[str, int], ...], float], ...] = (
+    ((("resnet", 28), ("airnet64", 30)), 0.9586),
+    ((("resnet", 34), ("airnet64", 30)), 0.9597),
+    ((("resnet", 28), ("airnet64", 36)), 0.9601),
+    ((("resnet", 34), ("airnet64", 36)), 0.9610),
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A candidate: one run, or an ensemble's members, each (preset, width, epochs); its measured accuracy."""
+
+    members: tuple[tuple[str, Optional[int], int], ...]
+    accuracy: float
+
+    def configs(self, options: dict[str, Any]) -> list[Config]:
+        """Each member's configuration: its preset, width and epochs with `options` on top."""
+        return [from_preset(preset, **{**({"width": width} if width else {}), **options, "epochs": epochs})
+                for preset, width, epochs in self.members]
+
+    def name(self, options: dict[str, Any]) -> str:
+        """`airnet 32 x 8 epochs`, `resnet 32x2 x 34 + airnet 64 x 36 epochs`."""
+        parts = []
+        for config in self.configs(options):
+            shape = "".join(f" {v}" for k, v in config.model_options().items() if k == "width")
+            parts.append(f"{config.model}{shape} x {config.epochs}")
+        return " + ".join(parts) + " epochs"
+
+
+def candidates() -> list[Recipe]:
+    """Every recipe the table measured, and every epoch count between two measured ones (never beyond)."""
+    found = []
+    for line in LINES:
+        measured = sorted(line.accuracy)
+        for epochs in range(measured[0], measured[-1] + 1):
+            found.append(Recipe(((line.preset, line.width, epochs),), _interpolated(line.accuracy, epochs)))
+    for members, accuracy in ENSEMBLE_RECIPES:
+        found.append(Recipe(tuple((preset, None, epochs) for preset, epochs in members), accuracy))
+    return found
+
+
+def _interpolated(points: dict[int, float], epochs: int) -> float:
+    """Accuracy at `epochs`, linear between the two measured epoch counts around it."""
+    if epochs in points:
+        return points[epochs]
+    below = max(e for e in points if e < epochs)
+    above = min(e for e in points if e > epochs)
+    return points[below] + (points[above] - points[below]) * (epochs - below) / (above - below)
+
+
+@dataclass
+class Plan:
+    """The chosen recipe's member configurations and the plan's record (plan.json)."""
+
+    configs: list[Config]
+    record: dict[str, Any]
+
+    def line(self) -> str:
+        """`10-minute budget on this CPU (AVX2, 2 cores): airnet 32 x 8 epochs, predicted 8.9 min`."""
+        return line(self.record)
+
+    def save(self, folder: Path) -> None:
+        """Write plan.json into a run, ensemble or cv folder."""
+        with atomic_path(Path(folder) / PLAN_JSON) as tmp:
+            tmp.write_text(json.dumps(self.record, indent=2) + "\n")
+
+
+def line(record: dict[str, Any]) -> str:
+    """A plan in one line: `10-minute budget on this CPU (AVX2, 2 cores): airnet 32 x 8 epochs, predicted 8.9 min`."""
+    return (f"{record['minutes']:g}-minute budget on this {record['machine']}: {record['choice']}, predicted "
+            f"{record['predicted_s'] / 60:.1f} min")
+
+
+def command_started(now: bool = False) -> float:
+    """When the command the user typed started (Unix seconds): run.sh's start, else this process's (or, with
+    `now`, this moment: a notebook's fit() call)."""
+    given = os.environ.get(STARTED_ENV)
+    if given:
+        try:
+            return float(given)
+        except ValueError:
+            raise CompetitionError(f"{STARTED_ENV} is '{given}'; expected Unix seconds (date +%s.%N).") from None
+    if now:
+        return time.time()
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+def make(minutes: float, options: dict[str, Any], rows: tuple[int, int], started: float, runs: int = 1,
+         ensembles: bool = True) -> Plan:
+    """The most accurate recipe (with `options` on top) whose predicted wall time, counted from `started`, fits
+    `minutes`; `rows`: training and validation rows of a run; `runs`: cv folds, each a run of the recipe."""
+    options = {k: v for k, v in options.items() if k not in ("minutes", "preset")}
+    found = [recipe for recipe in candidates() if _allowed(recipe, options, ensembles)]
+    if not found:
+        raise CompetitionError(f"no measured recipe matches {_given(options)}; drop them to plan a budget.")
+    shapes = {recipe: [_shape(config) for config in recipe.configs(options)] for recipe in found}
+    limit = minutes * 60 * (1 - MARGIN)
+    def cost(recipe: Recipe, timings: dict[probe.Shape, dict[str, Any]]) -> dict[str, Any]:
+        return _costs(recipe.configs(options), shapes[recipe], timings, rows, runs)
+
+    timings = _probe_in_order(found, shapes, cost, limit - (time.time() - started), options.get("device", "auto"))
+    found = [recipe for recipe in found if all(s in timings for s in shapes[recipe])]
+    elapsed = time.time() - started  # set-up, imports, the data, the probe: already spent
+    table = [{"recipe": recipe.name(options), "accuracy": recipe.accuracy, **_rounded(cost(recipe, timings), elapsed)}
+             for recipe in found]
+    machine = _machine(shapes[found[0]][0].nproc, options.get("device", "auto"))
+    fitting = [k for k, row in enumerate(table) if row["predicted_s"] <= limit]
+    if not fitting:
+        raise CompetitionError(_too_small(minutes, machine, table, elapsed))
+    best = max(fitting, key=lambda i: (table[i]["accuracy"], -table[i]["predicted_s"]))
+    record = {"minutes": minutes, "machine": machine, "started": started, "spent_before_s": round(elapsed, 1),
+              "runs": runs, "rows": list(rows), "margin": MARGIN, "choice": table[best]["recipe"],
+              "accuracy": found[best].accuracy, **{k: v for k, v in table[best].items() if k.endswith("_s")},
+              "why": _why(table, best, limit),
+              "timings": {shape.describe(): timings[shape] for shape in dict.fromkeys(shapes[found[best]])},
+              "candidates": table}
+    return Plan([replace(config, minutes=minutes) for config in found[best].configs(options)], record)
+
+
+def _probe_in_order(found: list[Recipe], shapes: dict[Recipe, list[probe.Shape]], cost: Callable[..., dict],
+                    left: float, device: str) -> dict[probe.Shape, dict[str, Any]]:
+    """Each shape's timings, cheapest shape first, up to the first whose shortest recipe cannot fit in `left`
+    seconds (the shapes after it take longer a step: not probed)."""
+    timings: dict[probe.Shape, dict[str, Any]] = {}
+    started = time.time()
+    for shape in dict.fromkeys(s for recipe in found for s in shapes[recipe]):
+        timings.update(_timings([shape], device))
+        using = [r for r in found if shape in shapes[r] and all(s in timings for s in shapes[r])]
+        if time.time() - started + min(cost(r, timings)["total_s"] for r in using) > left:
+            break
+    return timings
+
+
+def _rounded(cost: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """A candidate's predicted seconds from the command's start: in all, to the end of training, an epoch."""
+    return {"predicted_s": round(elapsed + cost["total_s"], 1),
+            "trained_s": round(elapsed + cost["total_s"] - cost["predict_s"], 1), "epoch_s": cost["epoch_s"]}
+
+
+def _too_small(minutes: float, machine: str, table: list[dict[str, Any]], elapsed: float) -> str:
+    """The refusal of a budget no recipe fits: what the smallest would take here."""
+    row = min(table, key=lambda r: r["predicted_s"])
+    enough = math.ceil(row["predicted_s"] / 60 / (1 - MARGIN) * 10) / 10
+    return (f"a {minutes:g}-minute budget is too small on this {machine}: the smallest recipe, {row['recipe']}, "
+            f"would take {row['predicted_s'] / 60:.1f} min here ({elapsed / 60:.1f} already spent); give --minutes "
+            f"{enough:g} or more.")
+
+
+def explicit_options(config: Config) -> dict[str, Any]:
+    """The settings of a budgeted configuration that differ from its preset's own: what the user gave."""
+    base = from_preset(config.preset, minutes=config.minutes) if config.preset else Config(minutes=config.minutes)
+    return {k: v for k, v in config.to_dict().items()
+            if k not in ("minutes", "preset", "extra") and v != getattr(base, k)}
+
+
+def _allowed(recipe: Recipe, options: dict[str, Any], ensembles: bool) -> bool:
+    """Whether the recipe keeps the model options the user gave (model, width, depth, hidden)."""
+    if len(recipe.members) > 1 and not ensembles:
+        return False
+    shaped = {k: v for k, v in options.items() if k in ("model", "width", "depth", "hidden")}
+    if shaped and len(recipe.members) > 1:
+        return False
+    base = recipe.configs({})
+    return all(getattr(config, k) == v for config in base for k, v in shaped.items())
+
+
+def _given(options: dict[str, Any]) -> str:
+    return ", ".join(f"--{k} {v}" for k, v in options.items() if k in ("model", "width", "depth", "hidden"))
+
+
+def _shape(config: Config) -> probe.Shape:
+    """What the probe times for a configuration on the processes it will train with on this machine."""
+    nproc = config.nproc or parallel.default_nproc(config.batch_size)
+    bf16 = config.precision == "bf16" and kernels.cpu_has_bf16()
+    return probe.Shape(config.model, tuple(sorted(config.model_options().items())), config.batch_size // nproc,
+                       nproc, "bf16" if bf16 else "fp32")
+
+
+def _timings(shapes: list[probe.Shape], device: str) -> dict[probe.Shape, dict[str, float]]:
+    """Each shape's seconds a training step and a validation image on the path it will train on."""
+    if device == "gpu" or (device == "auto" and parallel.has_gpu()):
+        return {shape: probe.gpu_seconds(shape) for shape in dict.fromkeys(shapes)}
+    found = probe.choose_all(list(dict.fromkeys(shapes)))
+    return {shape: {"step_s": r[f"{r['choice']}_step_s"], "eval_image_s": r[f"{r['choice']}_eval_image_s"],
+                    "path": r["choice"]} for shape, r in found.items()}
+
+
+def _costs(configs: list[Config], shapes: list[probe.Shape], timings: dict, rows: tuple[int, int],
+           runs: int) -> dict[str, Any]:
+    """Predicted seconds of every member (x runs), from the start of training to the written submission."""
+    train_rows, val_rows = rows
+    total, epoch_s, image_s = 0.0, [], 0.0
+    for config, shape in zip(configs, shapes):
+        t = timings[shape]
+        steps = math.ceil(train_rows / shape.nproc / shape.batch)
+        if config.max_steps:
+            steps = min(steps, config.max_steps)
+        step = STEP_FACTOR * t["step_s"] + STEP_S
+        per_epoch = steps * step + math.ceil(val_rows / shape.nproc) * t["eval_image_s"]
+        scoring = SCORING_FACTOR * 6 * val_rows * t["eval_image_s"]
+        total += runs * (START_S + config.epochs * per_epoch + END_S + scoring)
+        epoch_s.append(round(per_epoch, 3))
+        image_s += runs * t["eval_image_s"]
+    total += CV_END_S if runs > 1 else 0.0
+    predict = PREDICT_S + SCORING_FACTOR * 6 * TEST_ROWS * image_s
+    return {"total_s": total + predict, "predict_s": predict, "epoch_s": epoch_s}
+
+
+def _machine(nproc: int, device: str) -> str:
+    """`CPU (AVX2, 2 cores)`, `CPU (AVX-512 with bfloat16, 2 cores)`, `GPU (1)`."""
+    if device == "gpu" or (device == "auto" and parallel.has_gpu()):
+        return f"GPU ({nproc})"
+    isa = kernels.isa_name()
+    words = "AVX-512" if kernels.block_size() == 16 else "AVX2" if "avx2" in isa else isa
+    if kernels.cpu_has_bf16():
+        words += " with bfloat16"
+    return f"CPU ({words}, {nproc} core{'s' if nproc > 1 else ''})"
+
+
+def _why(table: list[dict[str, Any]], best: int, limit: float) -> str:
+    """Why the choice: the most accurate that fits, and the next more accurate one's time."""
+    better = [row for row in table if row["accuracy"] > table[best]["accuracy"]]
+    if not better:
+        return "the most accurate recipe measured; it fits"
+    nearest = min(better, key=lambda row: row["predicted_s"])
+    return (f"the most accurate that fits {limit / 60:.1f} min (the budget less {MARGIN:.0%}); the next better, "
+            f"{nearest['recipe']} ({nearest['accuracy']:.2%}), would take {nearest['predicted_s'] / 60:.1f} min")
+
+
+def load(folder: Path) -> Optional[dict[str, Any]]:
+    """The plan of a run, ensemble or cv folder (or of the one holding it: a member, a fold); None if unplanned."""
+    for place in (Path(folder), Path(folder).parent):
+        path = place / PLAN_JSON
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise CompetitionError(f"{path}: cannot read the run's plan ({exc}).") from None
+    return None
+
+
+def planned_epoch_seconds(run_dir: Path) -> Optional[float]:
+    """The seconds an epoch of this run (a run, an ensemble's member k, a cv fold) was planned to take."""
+    record = load(run_dir)
+    if record is None:
+        return None
+    seconds = record["epoch_s"]
+    name = Path(run_dir).name
+    if len(seconds) > 1 and name.startswith("member") and name[6:].isdigit():
+        return seconds[int(name[6:]) - 1]
+    return seconds[0]
+
+
+def behind_line(epochs_done: int, seconds: float, planned: float, epochs: int) -> Optional[str]:
+    """A warning when `epochs_done` epochs took over BEHIND more than planned; None when on plan."""
+    expected = max(epochs_done * planned, 1e-6)
+    if seconds <= expected * (1 + BEHIND):
+        return None
+    late = (seconds / epochs_done - planned) * epochs
+    return (f"behind the plan: {epochs_done} epoch{'s' if epochs_done > 1 else ''} took {seconds / 60:.1f} min, "
+            f"planned {expected / 60:.1f} (+{seconds / expected - 1:.0%}); at this pace training ends about "
+            f"{late / 60:.1f} min late")
+
+
+def finish(folder: Path, record: dict[str, Any]) -> str:
+    """At the end of training: record the actual seconds from the command's start in plan.json; the end line."""
+    record = {**record, "trained_actual_s": round(time.time() - record["started"], 1)}
+    Plan([], record).save(folder)
+    return end_line(record)
+
+
+def whole_line(record: dict[str, Any]) -> str:
+    """After the test prediction (run.sh): the whole command's minutes against the plan's."""
+    actual = time.time() - record["started"]
+    return (f"{record['minutes']:g}-minute budget: the whole command took {actual / 60:.1f} min, predicted "
+            f"{record['predicted_s'] / 60:.1f} ({actual / record['predicted_s'] - 1:+.0%})")
+
+
+def end_line(record: dict[str, Any], now: Optional[float] = None) -> str:
+    """Predicted against actual minutes from the command's start, at the end of training (the test prediction,
+    which the plan also counts, comes after it)."""
+    actual = (now or time.time()) - record["started"]
+    return (f"{record['minutes']:g}-minute budget, {record['choice']}: training ended {actual / 60:.1f} min after the "
+            f"command started, predicted {record['trained_s'] / 60:.1f} ({actual / record['trained_s'] - 1:+.0%}); "
+            f"{record['predicted_s'] / 60:.1f} min predicted with the six-view test prediction")

@@ -1,0 +1,184 @@
+"""Time budgets: the planner picks what fits this machine's speed, records the plan and keeps it, refuses too little."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from competition import api, plan, probe
+from competition.cli import main
+from competition.config import Config
+from competition.errors import CompetitionError
+from competition.train import build_schedule
+
+ROWS = (50_000, 10_000)
+# Seconds a training step of each shape (its per-process batch) takes on an imagined 2-core machine at speed 1.
+STEP_S = {"cnn": 0.06, "airnet16": 0.08, "airnet32": 0.2, "airnet48": 0.4, "airnet64": 0.65, "resnet": 0.3}
+
+
+def fake_timings(speed: float, calls: list | None = None):
+    """plan._timings for a machine `speed` times as fast as STEP_S says; `calls` collects the shapes probed."""
+    def timings(shapes: list[probe.Shape], device: str) -> dict:
+        found = {}
+        for shape in shapes:
+            options = dict(shape.options)
+            name = shape.model + (str(options["width"]) if shape.model == "airnet" else "")
+            step = STEP_S[name] / speed
+            found[shape] = {"step_s": step, "eval_image_s": step / shape.batch / 3, "path": "onednn"}
+            if calls is not None:
+                calls.append(name)
+        return found
+    return timings
+
+
+def planned(monkeypatch: pytest.MonkeyPatch, minutes: float, speed: float, **options) -> plan.Plan:
+    monkeypatch.setattr(plan, "_timings", fake_timings(speed))
+    return plan.make(minutes, {"nproc": 2, **options}, ROWS, time.time())
+
+
+@pytest.mark.parametrize("minutes, speed, choice", [
+    # at speed 1 an airnet 16 epoch is 98 steps of 1.07 x 0.08 s + 8 ms, and 0.5 s of validation: 9.7 s; with
+    # the fixed costs (start, end, scoring, prediction: 23.5 s) 9 epochs take 111 s, 10 take 120 s: over 114 s
+    (2, 1.0, "airnet 16 x 9 epochs"),
+    (10, 1.0, "airnet 32 x 22 epochs"),
+    (10, 0.25, "airnet 16 x 14 epochs"),  # a quarter of the speed: the narrower airnet
+    (60, 1.0, "airnet 64 x 36 epochs"),
+    (60, 4.0, "resnet 32 x 34 + airnet 64 x 36 epochs"),  # four times faster: the measured ensemble
+])
+def test_the_plan_is_the_most_accurate_recipe_that_fits(monkeypatch: pytest.MonkeyPatch, minutes: float,
+                                                         speed: float, choice: str) -> None:
+    found = planned(monkeypatch, minutes, speed)
+    record = found.record
+    assert record["choice"] == choice, record["why"]
+    assert record["predicted_s"] <= minutes * 60 * (1 - plan.MARGIN)
+    fitting = [c for c in record["candidates"] if c["predicted_s"] <= minutes * 60 * (1 - plan.MARGIN)]
+    assert record["accuracy"] == max(c["accuracy"] for c in fitting)
+    assert all(config.minutes == minutes for config in found.configs)
+    assert found.line().startswith(f"{minutes:g}-minute budget on this ") and choice in found.line()
+
+
+def test_epochs_stay_between_measured_ones_and_interpolate_linearly() -> None:
+    for line in plan.LINES:
+        epochs = [r.members[0][2] for r in plan.candidates() if r.members[0][:2] == (line.preset, line.width)]
+        assert min(epochs) == min(line.accuracy) and max(epochs) == max(line.accuracy)
+    line = plan.LINES[0]
+    low, high = sorted(line.accuracy)[:2]
+    if high - low > 1:
+        middle = (low + high) // 2
+        expected = line.accuracy[low] + (line.accuracy[high] - line.accuracy[low]) * (middle - low) / (high - low)
+        assert plan._interpolated(line.accuracy, middle) == pytest.approx(expected)
+
+
+def test_a_budget_too_small_is_refused_saying_what_the_smallest_would_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(CompetitionError, match=r"too small .*cnn x 3 epochs, would take \d+\.\d min"):
+        planned(monkeypatch, 0.5, 1.0)
+
+
+def test_shapes_after_the_first_that_cannot_fit_are_not_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    probed: list = []
+    monkeypatch.setattr(plan, "_timings", fake_timings(1.0, probed))
+    plan.make(2, {"nproc": 2}, ROWS, time.time())
+    assert probed[:2] == ["cnn", "airnet16"] and "resnet" not in probed and "airnet64" not in probed
+
+
+def test_model_options_given_keep_the_plan_to_their_recipes(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert planned(monkeypatch, 60, 4.0, model="airnet", width=32).record["choice"] == "airnet 32 x 22 epochs"
+    with pytest.raises(CompetitionError, match="no measured recipe matches --model fc"):
+        planned(monkeypatch, 10, 1.0, model="fc")
+
+
+def test_the_schedule_ends_at_the_planned_last_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    for minutes, speed in ((2, 1.0), (10, 1.0)):
+        (config,) = planned(monkeypatch, minutes, speed).configs
+        steps = 40
+        schedule = build_schedule(config, steps)
+        rates = []
+        for _ in range(config.epochs * steps):
+            rates.append(schedule.get_lr())
+            schedule.step()
+        # onecycle (cnn) ends at lr/1000, airbench's linear schedule at 0.07 lr: reached on the last step
+        end = config.lr / 1000 if config.schedule == "onecycle" else 0.07 * config.lr
+        assert rates[-1] == pytest.approx(end, rel=0.05) and min(rates) == pytest.approx(end, rel=0.05)
+
+
+def test_minutes_and_epochs_together_are_refused(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--minutes", "5", "--epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--minutes 5 plans the epochs itself" in err
+    with pytest.raises(CompetitionError, match="not both"):
+        Config.of_preset("default", minutes=3, epochs=2)
+    assert Config.of_preset("default").minutes == 10 and Config.of_preset("default", epochs=2).minutes is None
+
+
+def test_a_too_small_budget_on_the_command_line_is_one_line_and_writes_nothing(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, real_data: dict, tmp_path: Path) -> None:
+    monkeypatch.setattr(plan, "_timings", fake_timings(0.01))
+    monkeypatch.setenv(plan.STARTED_ENV, str(time.time()))
+    runs = tmp_path / "runs"
+    assert main(["train", "--minutes", "1", "--train", str(real_data["train"]), "--val-size", "100",
+                 "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1-minute budget is too small" in err and "Traceback" not in err
+    assert not runs.exists()
+
+
+def test_a_budgeted_run_records_its_plan_warns_behind_it_and_keeps_it_on_resume(
+        monkeypatch: pytest.MonkeyPatch, real_data: dict, tmp_path: Path) -> None:
+    # A machine a thousand times faster than this one on paper: every real epoch is behind the plan.
+    monkeypatch.setenv(plan.STARTED_ENV, str(time.time()))  # the command starts now, not with the test process
+    monkeypatch.setattr(plan, "_timings", fake_timings(1000.0))
+    monkeypatch.setattr(plan, "STEP_S", 0.0)
+    monkeypatch.setattr(plan, "LINES", (plan.Line("quick", None, {2: 0.5, 3: 0.6}, "a short table"),))
+    runs = tmp_path / "runs"
+    assert main(["train", "--minutes", "1", "--model", "cnn", "--train", str(real_data["train"]), "--val-size", "100",
+                 "--runs-dir", str(runs)]) == 0
+    (run_dir,) = runs.iterdir()
+    record = json.loads((run_dir / plan.PLAN_JSON).read_text())
+    config = Config.load(run_dir / "config.json")
+    assert record["choice"] == "cnn x 3 epochs" and config.epochs == 3 and config.minutes == 1
+    assert config.model == "cnn" and config.schedule == "onecycle"  # the quick preset's recipe
+    log = (run_dir / "train.log").read_text()
+    assert "1-minute budget on this CPU" in log and "cnn x 3 epochs, predicted" in log
+    assert "behind the plan: 1 epoch took" in log
+    assert 0 < json.loads((run_dir / plan.PLAN_JSON).read_text())["trained_actual_s"] < 600
+    monkeypatch.setattr(plan, "make", lambda *a, **k: pytest.fail("planned again"))
+    before = (run_dir / plan.PLAN_JSON).read_text()
+    api.resume(run_dir)
+    assert (run_dir / plan.PLAN_JSON).read_text() == before and Config.load(run_dir / "config.json").epochs == 3
+
+
+def test_a_budget_whose_plan_is_an_ensemble_trains_its_members_in_one_folder(
+        monkeypatch: pytest.MonkeyPatch, real_data: dict, tmp_path: Path) -> None:
+    # a table of one ensemble of one-epoch members, the most accurate: what a fast machine's hour would pick
+    monkeypatch.setattr(plan, "LINES", (plan.Line("quick", None, {1: 0.5}, "test"),))
+    monkeypatch.setattr(plan, "ENSEMBLE_RECIPES", (((("quick", 1), ("quick", 2)), 0.9),))
+    monkeypatch.setattr(plan, "_timings", fake_timings(1000.0))
+    monkeypatch.setenv(plan.STARTED_ENV, str(time.time()))
+    runs = tmp_path / "runs"
+    assert main(["train", "--preset", "best", "--train", str(real_data["train"]), "--val-size", "100",
+                 "--max-steps", "1", "--runs-dir", str(runs)]) == 0
+    (ens_dir,) = runs.iterdir()
+    record = json.loads((ens_dir / plan.PLAN_JSON).read_text())
+    assert ens_dir.name.endswith("ensemble-best") and record["choice"] == "cnn x 1 + cnn x 2 epochs"
+    assert record["minutes"] == 60 and record["trained_actual_s"] > 0
+    for k, epochs in ((1, 1), (2, 2)):
+        member = ens_dir / f"member{k}"
+        assert Config.load(member / "config.json").epochs == epochs and (member / "best.pdparams").is_file()
+        assert "60-minute budget on this CPU" in (member / "train.log").read_text()
+
+
+def test_a_cv_budget_plans_one_recipe_for_every_fold(monkeypatch: pytest.MonkeyPatch, real_data: dict,
+                                                     tmp_path: Path) -> None:
+    monkeypatch.setenv(plan.STARTED_ENV, str(time.time()))
+    monkeypatch.setattr(plan, "_timings", fake_timings(1000.0))
+    monkeypatch.setattr(plan, "LINES", (plan.Line("quick", None, {1: 0.5, 2: 0.6}, "a short table"),))
+    runs = tmp_path / "runs"
+    assert main(["cv", "--minutes", "1", "--folds", "2", "--model", "cnn", "--train", str(real_data["train"]),
+                 "--max-steps", "1", "--runs-dir", str(runs)]) == 0
+    (cv_dir,) = runs.iterdir()
+    record = json.loads((cv_dir / plan.PLAN_JSON).read_text())
+    assert record["runs"] == 2 and record["choice"] == "cnn x 2 epochs" and record["rows"] == [200, 200]
+    for fold in (1, 2):
+        assert Config.load(cv_dir / f"fold{fold}" / "config.json").epochs == 2

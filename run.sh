@@ -64,6 +64,14 @@ competition() {
     wait "$child"
 }
 
+# Whether training options need the default preset: none of them names a preset, a model or a run.
+with_default_preset() {
+    local arg
+    for arg in "$@"; do
+        case "$arg" in --preset|--preset=*|--model|--model=*|--resume|--resume=*) return 1 ;; esac
+    done
+}
+
 setup_env
 case "${1:-}" in
     -h|--help) exec "$PY" -m competition train --help ;;
@@ -72,17 +80,18 @@ if [ "${1:-}" = "test" ]; then
     shift
     exec "$PY" -m pytest "$@"
 fi
-# No options: the `default` recipe. With options: they go to training as given. Then predict,
+# The `default` preset (its 10-minute budget) unless the options name a preset, a model or a run to resume;
+# other options apply on top of it (`bash run.sh --seed 1`). Then predict,
 # averaging six views of each test image (the image, its mirror, both moved by one pixel): on two
 # 10,000-row splits of the default preset +0.38 and +0.54 points over none, +0.07 and +0.22 over the
 # mirror alone (BENCHMARKS.md); a few seconds for the cnn.
 if [ "${1:-}" = "cv" ]; then
     shift
-    [ "$#" -gt 0 ] || set -- --preset default
+    with_default_preset "$@" && set -- --preset default "$@"
     # cv writes the fold ensemble's submission itself (its folder is not the newest run)
     competition cv --submit 6 "$@"
     exit 0
 fi
-[ "$#" -gt 0 ] || set -- --preset default
+with_default_preset "$@" && set -- --preset default "$@"
 competition train "$@"
 COMPETITION_STARTED_AT="$STARTED" exec "$PY" -m competition predict --tta 6

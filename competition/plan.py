@@ -29,16 +29,16 @@ log = logging.getLogger("competition")
 PLAN_JSON = "plan.json"
 STARTED_ENV = "COMPETITION_STARTED_AT"  # run.sh's start (Unix seconds), so its set-up counts against the budget
 TEST_ROWS = 10_000  # the contest's test file, predicted with six views after training
-MARGIN = 0.05  # predicted wall time must fit in (1 - MARGIN) of the budget (measured errors: BENCHMARKS.md)
+MARGIN = 0.08  # predicted wall time must fit in (1 - MARGIN) of the budget: `quick` ran 6-13% over its plan at 0.05
 BEHIND = 0.10  # the training loop warns once its epochs run this much over the plan
 
 # The cost model, fitted to the grid runs of BENCHMARKS.md's "Time budgets" (2-core Xeon, AVX-512, float32): a
 # training step takes STEP_FACTOR x the probe's bare step (random data, no loader, no all-reduce) plus STEP_S (the
-# loader, the augmentation, the all-reduce, the weight average). Quiet epochs against the model: cnn 12.4 s (11.6
-# predicted), airnet 16 12.8 s (13.2), airnet 32 35.6-38.4 s (35.6). Validation takes the probe's per-image time;
+# loader, the augmentation, the all-reduce, the weight average). Epochs against the model: cnn 12.4-14.5 s (13.9
+# predicted), airnet 16 12.8-15.5 s (14.4), airnet 32 35.6-38.4 s (36.7). Validation takes the probe's per-image time;
 # the end-of-training scoring (six views of every validation row, one process) SCORING_FACTOR x it.
 STEP_FACTOR = 1.07
-STEP_S = 0.008
+STEP_S = 0.02
 SCORING_FACTOR = 0.6
 START_S = 7.0  # the processes' start: Paddle's import, the data, the model (cnn 6.4 s, airnet 16 5.9 s)
 END_S = 3.0  # exporting the model and the report, besides the scoring (cnn 4.7-5.3 s in all)

@@ -67,7 +67,7 @@ def test_installs_the_kernel_headers_alone_and_goes_on_without_them(repo: Path) 
     result = run_sh(repo, "--epochs", "1", FAKE_FAIL=headers)
     assert headers in calls(repo)
     assert result.returncode == 0 and "Paddle's slower conv" in result.stderr
-    assert calls(repo)[-2:] == ["-m competition train --epochs 1", "-m competition predict --tta 6"]
+    assert calls(repo)[-2:] == ["-m competition train --preset default --epochs 1", "-m competition predict --tta 6"]
 
 
 def test_gpu_machine_installs_the_gpu_extra_from_paddles_index(repo: Path) -> None:
@@ -84,6 +84,10 @@ def test_options_go_to_training_then_predict_runs(repo: Path) -> None:
 def test_no_options_train_the_default_preset_then_predict(repo: Path) -> None:
     assert run_sh(repo).returncode == 0
     assert calls(repo)[-2:] == ["-m competition train --preset default", "-m competition predict --tta 6"]
+    assert run_sh(repo, "--seed", "1", "--val-size", "10000").returncode == 0  # options on top of the preset
+    assert calls(repo)[-2] == "-m competition train --preset default --seed 1 --val-size 10000"
+    assert run_sh(repo, "--preset=quick").returncode == 0
+    assert calls(repo)[-2] == "-m competition train --preset=quick"
 
 
 TIMED_SET_UP = """#!/usr/bin/env bash
@@ -107,7 +111,7 @@ def test_cv_subcommand_runs_the_cv_that_submits_its_fold_ensemble(repo: Path) ->
     assert calls(repo)[-1] == "-m competition cv --submit 6 --preset default"
     assert run_sh(repo, "cv", "--folds", "3", "--preset", "quick").returncode == 0
     assert calls(repo)[-1] == "-m competition cv --submit 6 --folds 3 --preset quick"
-    result = run_sh(repo, "cv", "--folds", "1", FAKE_FAIL="-m competition cv --submit 6 --folds 1")
+    result = run_sh(repo, "cv", "--folds", "1", FAKE_FAIL="-m competition cv --submit 6 --preset default --folds 1")
     assert result.returncode != 0 and not any("predict" in c for c in calls(repo))
 
 
@@ -117,7 +121,7 @@ def test_test_subcommand_passes_pytest_arguments(repo: Path) -> None:
 
 
 def test_failed_training_stops_before_predict_and_exits_nonzero(repo: Path) -> None:
-    result = run_sh(repo, "--epochs", "0", FAKE_FAIL="-m competition train --epochs 0")
+    result = run_sh(repo, "--epochs", "0", FAKE_FAIL="-m competition train --preset default --epochs 0")
     assert result.returncode == 3 and "fake failure" in result.stderr
     assert "-m competition predict" not in calls(repo)
 
@@ -153,4 +157,4 @@ def test_a_signal_to_run_sh_reaches_training_and_stops_before_predict(repo: Path
     proc.send_signal(sig)  # run.sh's own PID, not its process group
     proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert calls(repo) == ["-m competition train --epochs 9", "train got TERM"]
+    assert calls(repo) == ["-m competition train --preset default --epochs 9", "train got TERM"]

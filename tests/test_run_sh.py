@@ -103,7 +103,7 @@ def test_the_set_up_counts_against_the_budget_of_the_command(repo: Path) -> None
     _executable(repo / ".venv" / "bin" / "python", TIMED_SET_UP)
     assert run_sh(repo, COMPETITION_STARTED_AT="").returncode == 0
     spent = float((repo / "spent").read_text())  # what training was told the command had spent before it
-    assert 3 <= spent < 30  # three installs of a second each
+    assert 2 <= spent < 30  # two installs of a second each (the package, the kernel headers)
 
 
 def test_cv_subcommand_runs_the_cv_that_submits_its_fold_ensemble(repo: Path) -> None:

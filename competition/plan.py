@@ -29,7 +29,9 @@ log = logging.getLogger("competition")
 PLAN_JSON = "plan.json"
 STARTED_ENV = "COMPETITION_STARTED_AT"  # run.sh's start (Unix seconds), so its set-up counts against the budget
 TEST_ROWS = 10_000  # the contest's test file, predicted with six views after training
-MARGIN = 0.08  # predicted wall time must fit in (1 - MARGIN) of the budget: `quick` ran 6-13% over its plan at 0.05
+# Predicted wall time must fit in (1 - MARGIN) of the budget. Measured errors of the plan (Xeon, AVX-512, b941a81):
+# quick -5% and +10%, default +19% and +28% (slow hours: epochs of 34-75 s against 36.7 planned).
+MARGIN = 0.20
 BEHIND = 0.10  # the training loop warns once its epochs run this much over the plan
 
 # The cost model, fitted to the grid runs of BENCHMARKS.md's "Time budgets" (2-core Xeon, AVX-512, float32): a
@@ -62,8 +64,8 @@ class Line:
 # 2026-12-03) unless the evidence says otherwise. Where a figure exists in both precisions the lower is kept
 # (airnet 48 x 12: 95.00% in float32, 95.17% in bfloat16). BENCHMARKS.md, "Time budgets", lists them all.
 LINES: tuple[Line, ...] = (
-    Line("quick", None, {3: 0.9063, 5: 0.9174, 7: 0.9253, 9: 0.9313}, "cnn; 9: two seeds (e2d2e21)"),
-    Line("default", 16, {4: 0.9173, 8: 0.9356, 16: 0.9421}, "airnet 16"),
+    Line("quick", None, {1: 0.8775, 2: 0.8960, 3: 0.9063, 5: 0.9174, 7: 0.9253, 9: 0.9313}, "cnn; 9: two seeds (e2d2e21)"),
+    Line("default", 16, {2: 0.8931, 4: 0.9173, 8: 0.9356, 16: 0.9421}, "airnet 16"),
     Line("default", 32, {4: 0.9315, 8: 0.9453, 12: 0.9476, 16: 0.9504, 22: 0.9505},
          "airnet 32; 16, 22: bf16, two seeds (1b0a17e, 8488ad3)"),
     Line("default", None, {5: 0.9374, 12: 0.9500}, "airnet 48; 12: fp32 95.00% (Zen 3, seed 0), bf16 95.17%"),
@@ -98,7 +100,7 @@ class Recipe:
         for config in self.configs(options):
             shape = "".join(f" {v}" for k, v in config.model_options().items() if k == "width")
             parts.append(f"{config.model}{shape} x {config.epochs}")
-        return " + ".join(parts) + " epochs"
+        return " + ".join(parts) + (" epoch" if parts == [p for p in parts if p.endswith(" x 1")] else " epochs")
 
 
 def candidates() -> list[Recipe]:

@@ -31,7 +31,7 @@ setup_env() {
     # setup.cfg and device kind reuses the environment without touching pip.
     # Headers of the oneDNN conv kernel (competition/kernels.cc); its library is the one in Paddle's wheel.
     local headers
-    headers="$(sed -n 's/^HEADERS = "\(.*\)".*/\1/p' competition/kernels.py)"
+    headers="$(cat competition/onednn-headers.txt)" || die "competition/onednn-headers.txt is missing."
     local stamp="$VENV/.installed-$extra-$({ cat setup.cfg; echo "$headers"; } | cksum | cut -d' ' -f1)"
     [ -f "$stamp" ] && return 0
     local python="${PYTHON:-python3}"

@@ -31,8 +31,8 @@ from .models import BasicBlock
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.cc")
-# Headers only (pip install --no-deps): the library itself is the one in Paddle's wheel.
-HEADERS = "onednn-devel==2025.0.1"
+# Headers only (pip install --no-deps): the library itself is the one in Paddle's wheel. run.sh reads the same file.
+HEADERS = Path(__file__).with_name("onednn-headers.txt").read_text().strip()
 _PADDLE_LIBS = Path(paddle.__file__).parent / "libs"  # libdnnl.so.3 ships here
 CXX_FLAGS = ["-O3"]
 

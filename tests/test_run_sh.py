@@ -30,7 +30,7 @@ def repo(tmp_path: Path) -> Path:
     """A copy of run.sh and setup.cfg whose .venv/bin/python only records its arguments."""
     root = tmp_path / "repo"
     root.mkdir()
-    for name in ("run.sh", "setup.cfg", "competition/kernels.py"):
+    for name in ("run.sh", "setup.cfg", "competition/onednn-headers.txt"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
     _executable(root / ".venv" / "bin" / "python", FAKE_PYTHON)
@@ -68,6 +68,12 @@ def test_installs_the_kernel_headers_alone_and_goes_on_without_them(repo: Path) 
     assert headers in calls(repo)
     assert result.returncode == 0 and "Paddle's slower conv" in result.stderr
     assert calls(repo)[-2:] == ["-m competition train --preset default --epochs 1", "-m competition predict --tta 6"]
+
+
+def test_the_headers_installed_are_the_ones_the_package_names(repo: Path) -> None:
+    (repo / "competition" / "onednn-headers.txt").write_text("onednn-devel==2099.1\n")
+    assert run_sh(repo, "--epochs", "1").returncode == 0
+    assert "-m pip install --quiet --no-deps onednn-devel==2099.1" in calls(repo)
 
 
 def test_gpu_machine_installs_the_gpu_extra_from_paddles_index(repo: Path) -> None:

@@ -3,7 +3,7 @@
     from competition import Config, fit, submit, view_report
     result = fit(Config.of_preset("quick", epochs=2))   # a progress bar per epoch, in Jupyter too
     result.best_val_acc, result.run_dir
-    submit(result, tta=True)                           # submissions/submission.csv
+    submit(result)                                     # submissions/submission.csv, six views
     view_report(result)                                # the report's pictures, inline
 """
 from __future__ import annotations
@@ -14,16 +14,19 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from . import checkpoint, parallel, plan, report, runtime
-from .config import Config
+from .config import ENSEMBLES, Config
 from .data import TrainingData, load_training_data
 from .errors import CompetitionError, TrainingFailed, TrainingInterrupted
 from .models import build_model
 from .parallel import Nodes
 from .predict import TTA_VIEWS, Submission, load_test_table, predict_run
 from .train import RunResult, run_result, train_run  # noqa: F401  (RunResult: part of the API)
+
+if TYPE_CHECKING:
+    from .ensemble import EnsembleResult
 
 log = logging.getLogger("competition")
 
@@ -34,23 +37,29 @@ Run = Union[str, Path, RunResult]
 
 def fit(config: Config, node_rank: Optional[int] = None, master: Optional[str] = None,
         run_dir: Optional[Path] = None, planned: Optional[plan.Plan] = None,
-        data: Optional[TrainingData] = None) -> RunResult:
+        data: Optional[TrainingData] = None, started: Optional[float] = None) -> Union[RunResult, "EnsembleResult"]:
     """Train a new run of `config` on config.nproc processes of this machine, then write its report.
 
     With config.nnodes > 1 this machine is node `node_rank` of a job whose node 0 is at `master`
     (HOST:PORT). Everything that can be refused is refused before the run folder exists. The run
     folder is a new runs_dir/<time>-<model>/, or `run_dir` when given (a cv fold's). With config.minutes
-    (a budget preset, or minutes=M) the recipe is first planned to fit (plan.py), unless `planned` (or the
-    folder holding `run_dir`) already has its plan.
+    (a budget preset, or minutes=M) the recipe is first planned to fit (plan.py), counted from `started` (default:
+    now), unless `planned` (or the folder holding `run_dir`) already has its plan. An ensemble preset (`best` with
+    epochs), or a plan that is an ensemble, trains each member in turn and returns an EnsembleResult.
     """
     if config.minutes is not None and planned is None and (run_dir is None or plan.load(run_dir) is None):
+        if node_rank is not None or master:
+            raise CompetitionError("--minutes plans a run on one machine; drop --node-rank and --master, or give "
+                                   "--epochs.")
         options = {**plan.explicit_options(config), "extra": config.extra}
-        planned, data = plan_run(config, options, plan.command_started(now=True))
+        started = plan.command_started(now=True) if started is None else started
+        planned, data = plan_run(config, options, started, ensembles=run_dir is None)
         if len(planned.configs) > 1:
-            raise CompetitionError(f"the {config.minutes:g}-minute plan here is an ensemble "
-                                   f"({planned.record['choice']}); competition train --minutes {config.minutes:g} "
-                                   "trains it.")
+            return _fit_ensemble(config.preset or "minutes", {}, planned, node_rank, master)
         config = planned.configs[0]
+    elif config.preset in ENSEMBLES and run_dir is None:
+        return _fit_ensemble(config.preset, {**plan.explicit_options(config), "extra": config.extra}, None,
+                             node_rank, master)
     nodes = _nodes(config.nnodes, node_rank, master)
     if nodes.rank > 0:
         return _join(config, nodes)
@@ -66,6 +75,21 @@ def fit(config: Config, node_rank: Optional[int] = None, master: Optional[str] =
     report.write_report(run_dir)
     if planned is not None:
         log.info("%s", plan.finish(run_dir, planned.record))
+    return result
+
+
+def _fit_ensemble(preset: str, options: dict, planned: Optional[plan.Plan], node_rank: Optional[int],
+                  master: Optional[str]) -> "EnsembleResult":
+    """Train an ensemble: its preset's members with `options` on top, or a plan's members; each on every core."""
+    from . import ensemble  # ensemble trains its members through fit(), so it imports this module: not at the top
+    if node_rank is not None or master:
+        raise CompetitionError(f"preset {preset} trains on one machine; drop --node-rank and --master.")
+    ens_dir = ensemble.start_ensemble(preset, options, planned.configs if planned else None)
+    if planned is not None:
+        planned.save(ens_dir)  # each member's log starts with its line
+    result = ensemble.run_ensemble(ens_dir)
+    if planned is not None:
+        log.info("%s", plan.finish(ens_dir, planned.record))
     return result
 
 
@@ -123,19 +147,25 @@ def train_to_end(run_dir: Path, config: Config, where: str, resume_line: str) ->
         raise TrainingFailed(f"{where} failed: {str(exc).split('; continue with')[0]}; {resume_line}") from None
 
 
-def submit(run: Union[Run, list[Run], None] = None, tta: Union[bool, int] = True,
+def submit(run: Union[Run, list[Run], None] = None, tta: Union[bool, int] = 6,
            out: Union[str, Path] = DEFAULT_OUT, test: Optional[str] = None, data_dir: Optional[str] = None,
            runs_dir: str = "runs") -> Submission:
     """Write the submission of a run (default: the newest in runs_dir), or of several runs' average.
 
-    `tta`: views of each test image averaged, 1, 2 or 6 (True: 2, the image and its mirror; False: 1).
+    `tta`: views of each test image averaged, 1, 2 or 6 (default 6, what `bash run.sh` submits; True: 2, the
+    image and its mirror; False: 1).
     """
     views = (2 if tta else 1) if isinstance(tta, bool) else int(tta)
     if views not in TTA_VIEWS:
         raise CompetitionError(f"tta={tta!r}: expected one of {', '.join(map(str, TTA_VIEWS))} views (or True).")
     runs = run if isinstance(run, list) else [run] if run is not None else [checkpoint.newest_run(runs_dir)]
-    run_dirs = [r.run_dir if isinstance(r, RunResult) else Path(r) for r in runs]
+    run_dirs = [_folder(r) for r in runs]
     return predict_run(run_dirs, load_test_table(test, data_dir), Path(out), tta=views)
+
+
+def _folder(run: Union[Run, "EnsembleResult"]) -> Path:
+    """The folder of a run, a fit() result (a run's or an ensemble's) or a path."""
+    return Path(getattr(run, "ens_dir", None) or getattr(run, "run_dir", None) or run)
 
 
 @dataclass
@@ -165,23 +195,24 @@ def view_report(run: Optional[Run] = None, runs_dir: str = "runs") -> Report:
     return Report(Path(run_dir), report.write_report(run_dir))
 
 
-def prepare(config: Config, data: Optional[TrainingData] = None) -> tuple[runtime.Runtime, TrainingData]:
-    """Refuse what can be refused before anything is written: the configuration (its process count
-    filled in), its runtime, the model's options and the data (read, unless given); return the runtime and the
-    data."""
+def prepare(config: Config, data: Optional[TrainingData] = None
+            ) -> tuple[Config, runtime.Runtime, TrainingData]:
+    """Refuse what can be refused before anything is written: the configuration, its runtime, the model's
+    options and the data (read, unless given); return a copy of the configuration with its process count
+    filled in, the runtime and the data. `config` itself is left as it was."""
     if config.nproc is None:
-        config.nproc = parallel.default_nproc(config.batch_size)
+        config = replace(config, nproc=parallel.default_nproc(config.batch_size))
     config.validate()
     ran = runtime.resolve(config, config.nproc)  # a missing GPU or a --conv onednn that won't build fails here
     build_model(config.model, **config.model_options())  # a bad model fails before the data is read
-    return ran, data if data is not None else load_training_data(config)
+    return config, ran, data if data is not None else load_training_data(config)
 
 
 def _start(config: Config, run_dir: Optional[Path] = None, data: Optional[TrainingData] = None
            ) -> tuple[Path, runtime.Runtime, TrainingData]:
     """Check the configuration, its runtime and the data (read, unless given), then create the run folder (or use
     `run_dir`)."""
-    ran, data = prepare(config, data)
+    config, ran, data = prepare(config, data)
     if run_dir is None:
         run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
     else:

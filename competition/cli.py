@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +28,6 @@ from .predict import TTA_VIEWS, accuracy_on, load_test_table
 from .stats import accuracy_text
 
 
-TUNE_VAL_SIZE = 10000  # tune scores trials on this many rows unless --val-size says otherwise
 DEFAULT_FOLDS = 5  # cv: 5 folds of 48,000 training rows each, close to a 50,000-row single run's
 
 
@@ -101,8 +101,8 @@ def _tune_parser(sub: argparse._SubParsersAction) -> None:
                    "that trains them; write its history and parameter importances as PNGs")
     _add_recipe_options(p)
     p.add_argument("--val-size", type=_val_size, metavar="N|FRACTION",
-                   help=f"validation rows that score each trial (default {TUNE_VAL_SIZE}: a 1,000-row split moves "
-                   "by ±1.4 points, more than most changes a search finds)")
+                   help=f"validation rows that score each trial (default {tune.VAL_SIZE}, or a fifth of --rows: a "
+                   "1,000-row split moves by ±1.4 points, more than most changes a search finds)")
     p.set_defaults(func=cmd_tune)
 
 
@@ -249,16 +249,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     run = given.pop("resume", None)
     node_rank, master = given.pop("node_rank", None), given.pop("master", None)
-    if run is None and given.get("preset") in ENSEMBLES and "epochs" in given and given.get("minutes") is None:
-        if node_rank is not None or master:
-            raise CompetitionError(f"preset {given['preset']} trains on one machine; drop --node-rank and --master.")
-        return _print_ensemble(ensemble.run_ensemble(ensemble.start_ensemble(
-            given.pop("preset"), {**given, "extra": {"argv": sys.argv[1:]}})))
     if run is None:
         config = from_preset(given.pop("preset", None), **given, extra={"argv": sys.argv[1:]})
-        if config.minutes is not None:
-            return _train_budget(config, given, node_rank, master)
-        result = api.fit(config, node_rank, master)
+        result = api.fit(config, node_rank, master, started=plan.command_started())
+        if isinstance(result, ensemble.EnsembleResult):
+            return _print_ensemble(result)
     else:
         fixed = sorted(set(given) - {"epochs"})
         if fixed:
@@ -272,20 +267,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             return _print_ensemble(ensemble.run_ensemble(Path(run)))
         result = api.resume(Path(run), given.get("epochs"), node_rank, master)
     return _print_run(result, node_rank)
-
-
-def _train_budget(config: Config, given: dict, node_rank: Optional[int], master: Optional[str]) -> int:
-    """--minutes (or a budget preset): plan the recipe that fits, then train it (a run, or an ensemble)."""
-    if node_rank is not None or master:
-        raise CompetitionError("--minutes plans a run on one machine; drop --node-rank and --master, or give --epochs.")
-    planned, data = api.plan_run(config, {**given, "extra": config.extra}, plan.command_started(), ensembles=True)
-    if len(planned.configs) == 1:
-        return _print_run(api.fit(planned.configs[0], planned=planned, data=data), None)
-    ens_dir = ensemble.start_ensemble(config.preset or "minutes", {}, planned.configs)
-    planned.save(ens_dir)  # each member's log starts with its line
-    result = ensemble.run_ensemble(ens_dir)
-    print(plan.finish(ens_dir, planned.record), file=sys.stderr)
-    return _print_ensemble(result)
 
 
 def _print_run(result: "api.RunResult", node_rank: Optional[int]) -> int:
@@ -376,7 +357,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         if trials is None or trials < 1:
             raise CompetitionError("competition tune needs --trials N (1 or more), or --show.")
-        given.setdefault("val_size", TUNE_VAL_SIZE)  # fixed, so the best trial's command line holds it too
+        if given.get("val_size") is None:  # fixed, so the best trial's command line holds it too
+            given["val_size"] = tune.default_val_size(given.get("rows"))
         if preset in ENSEMBLES:
             raise CompetitionError(f"tune searches one recipe; preset {preset} is an ensemble of "
                                    f"{' and '.join(ENSEMBLES[preset])}: name one of them with --preset.")
@@ -560,7 +542,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
-        return args.func(args)
+        with parallel.stop_on_signals():  # a stop outside training ends in the line below, not Paddle's banner
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, parallel.STOP_SIGNALS)  # held by __main__ while Paddle imported
+            return args.func(args)
     except CompetitionError as exc:
         print(f"competition {args.command}: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)

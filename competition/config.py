@@ -311,16 +311,13 @@ BUDGETS: dict[str, float] = {"quick": 2.0, "default": 10.0, "best": 60.0}
 
 def from_preset(preset: Optional[str], **options: Any) -> Config:
     """A configuration from a preset (if named) with explicit options on top. A budget preset (BUDGETS) without
-    --epochs sets `minutes`, and its model, width and epochs are placeholders until the plan (plan.py) fills them."""
+    --epochs sets `minutes`, and its model, width and epochs are placeholders until the plan (plan.py) fills them;
+    an ensemble preset's with --epochs stand for its members' (api.fit trains each member preset with them)."""
     if options.get("minutes") is not None and "epochs" in options:
         raise CompetitionError(f"--minutes {options['minutes']:g} plans the epochs itself; give --minutes or "
                                f"--epochs {options['epochs']}, not both.")
     if preset in BUDGETS and "epochs" not in options:
         options.setdefault("minutes", BUDGETS[preset])
-    if preset in ENSEMBLES and options.get("minutes") is None:
-        raise CompetitionError(f"preset '{preset}' is an ensemble of {' and '.join(ENSEMBLES[preset])}; "
-                               f"competition train --preset {preset} (or bash run.sh --preset {preset}) trains "
-                               f"it; here name one of its members with --preset.")
     if preset is not None and preset not in PRESETS and preset not in ENSEMBLES:
         raise CompetitionError(f"unknown preset '{preset}'; expected one of {', '.join([*PRESETS, *ENSEMBLES])}.")
     base = dict(PRESETS.get(preset, {})) if preset else {}

@@ -22,7 +22,7 @@ from .checkpoint import CV_JSON, Validation
 from .config import Config
 from .data import CLASS_NAMES, holdout_split, load_training_table
 from .errors import CompetitionError
-from .stats import wilson_interval
+from .stats import accuracy_text, wilson_interval
 
 log = logging.getLogger("competition")
 
@@ -147,14 +147,14 @@ def _figures(result: CvResult) -> dict[str, Any]:
 
 def cv_markdown_rows(result: CvResult) -> list[list[str]]:
     """The headline table of the cv's report.md: one row per fold, then out-of-fold and held-out figures."""
-    rows = [[f["run"], f"{f['rows']:,}", report.acc_with_interval(f["val_acc"], f["rows"]),
+    rows = [[f["run"], f"{f['rows']:,}", accuracy_text(f["val_acc"], f["rows"], "table"),
              f"{f['val_acc_tta']:.4f}", str(f["best_epoch"]), f"{f['seconds']:.0f}"] for f in result.folds]
     rows.append(["**out of fold** (each row once)", f"{result.oof_rows:,}",
-                 report.acc_with_interval(result.oof_acc, result.oof_rows), f"{result.oof_acc_tta:.4f}", "", ""])
+                 accuracy_text(result.oof_acc, result.oof_rows, "table"), f"{result.oof_acc_tta:.4f}", "", ""])
     if result.holdout:
         held = result.holdout
         rows.append([f"**{len(result.folds)}-fold ensemble on held-out rows**", f"{held['rows']:,}",
-                     report.acc_with_interval(held["ensemble_acc"], held["rows"]),
+                     accuracy_text(held["ensemble_acc"], held["rows"], "table"),
                      f"{held['ensemble_acc_tta']:.4f} (six views {held['ensemble_acc_tta6']:.4f})", "", ""])
     return rows
 

@@ -38,8 +38,7 @@ def start_ensemble(preset: str, options: dict[str, Any], configs: Optional[list[
     configs = configs or [from_preset(member, **options) for member in ENSEMBLES[preset]]
     if configs[0].nnodes > 1:
         raise CompetitionError(f"preset {preset} trains on one machine; drop --nnodes (each member uses every core).")
-    for config in configs:
-        api.prepare(config)  # bad options, data or runtime fail here, before anything is written
+    configs = [api.prepare(config)[0] for config in configs]  # bad options, data or runtime fail here, first
     ens_dir = checkpoint.create_run_dir(configs[0].runs_dir, f"ensemble-{preset}")
     _write_record(ens_dir, {"preset": preset, "members": [c.to_dict() for c in configs], "finished": {}})
     log.info("ensemble %s of %s in %s", preset, " and ".join(str(c.preset) for c in configs), ens_dir)

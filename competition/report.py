@@ -22,7 +22,7 @@ from .data import CLASS_NAMES, SIDE, ImageTable  # noqa: E402
 from .errors import CompetitionError  # noqa: E402
 from .models import build_model, count_parameters  # noqa: E402
 from .runtime import RUNTIME, Runtime  # noqa: E402
-from .stats import wilson_interval  # noqa: E402
+from .stats import accuracy_text  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -61,36 +61,24 @@ def format_per_class(table: pd.DataFrame) -> str:
     lines = [f"{'class':>5}  {'name':<{width}}  {'correct':>7}  {'total':>5}  {'accuracy':>8}  {INTERVAL:>13}"]
     for row in table.itertuples(index=False):
         lines.append(f"{row[0]:>5}  {row.name:<{width}}  {row.correct:>7}  {row.total:>5}  "
-                     f"{_acc_text(row.accuracy):>8}  {interval_text(row.accuracy, row.total):>13}")
+                     f"{_acc_text(row.accuracy):>8}  {accuracy_text(row.accuracy, row.total, 'interval'):>13}")
     correct, total = int(table["correct"].sum()), int(table["total"].sum())
     overall = correct / total if total else math.nan
     lines.append(f"{'all':>5}  {'':<{width}}  {correct:>7}  {total:>5}  {_acc_text(overall):>8}  "
-                 f"{interval_text(overall, total):>13}")
+                 f"{accuracy_text(overall, total, 'interval'):>13}")
     return "\n".join(lines)
 
 
 def per_class_markdown(table: pd.DataFrame) -> str:
     """The per-class table as a markdown table, with each accuracy's 95% interval."""
     rows = [[str(row[0]), str(row.name), str(row.correct), str(row.total), _acc_text(row.accuracy),
-             interval_text(row.accuracy, row.total)] for row in table.itertuples(index=False)]
+             accuracy_text(row.accuracy, row.total, "interval")] for row in table.itertuples(index=False)]
     return _markdown_table(PER_CLASS_COLUMNS + [INTERVAL], rows)
 
 
-def _acc_text(value: float) -> str:
+def _acc_text(value: Optional[float]) -> str:
+    """`0.9460`, or `-` for a missing accuracy: a table's column of bare accuracies."""
     return "-" if value is None or math.isnan(value) else f"{value:.4f}"
-
-
-def interval_text(value: float, rows: int) -> str:
-    """`0.9302-0.9584`: the 95% Wilson interval of an accuracy over `rows` rows; `-` without rows."""
-    if value is None or math.isnan(value) or not rows:
-        return "-"
-    low, high = wilson_interval(value, int(rows))
-    return f"{low:.4f}-{high:.4f}"
-
-
-def acc_with_interval(value: float, rows: int) -> str:
-    """`0.9460 (0.9306-0.9577)`: an accuracy and its 95% interval over `rows` rows."""
-    return f"{_acc_text(value)} ({interval_text(value, rows)})"
 
 
 def _markdown_table(header: Sequence[str], rows: list[list[str]]) -> str:
@@ -337,7 +325,7 @@ def report_markdown(run_dir: Path, config: Config, summary: pd.DataFrame, n_para
     for key, name in (("val_acc_tta6", "with 6-view TTA (`predict --tta 6`)"),
                       ("val_acc_tta", "with flip TTA (`predict --tta`)")):
         if key in (scores or {}):
-            rows.insert(1, [name, acc_with_interval(scores[key], val_rows)])
+            rows.insert(1, [name, accuracy_text(scores[key], val_rows, "table")])
     if ran is not None:
         rows.append(["trained on (runtime.json)", ran])
     parts = [f"# Run `{Path(run_dir).name}`", "## Headline", _markdown_table(["", ""], rows),
@@ -365,7 +353,7 @@ def _headline_rows(config: Config, summary: pd.DataFrame, n_params: int, val_row
             ["training time", f"{seconds:.1f} s ({seconds / max(epochs, 1):.1f} s per epoch)"]]
     best = checkpoint.best_row(summary)
     if best is not None:
-        interval = f"95% interval {interval_text(best['val_acc'], val_rows)} over {val_rows:,} rows; " \
+        interval = f"95% interval {accuracy_text(best['val_acc'], val_rows, 'interval')} over {val_rows:,} rows; " \
             if val_rows else ""
         headline = f"**{best['val_acc']:.4f}** ({interval}epoch {int(best['epoch'])})"
         rows.insert(0, ["best validation accuracy", headline])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
@@ -20,7 +21,18 @@ def wilson_interval(accuracy: float, rows: int, z: float = Z95) -> tuple[float, 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def accuracy_text(accuracy: float, rows: int) -> str:
-    """`94.60% (93.06-95.77%, 1,000 rows)`: an accuracy with its 95% interval and the rows behind it."""
-    low, high = wilson_interval(accuracy, rows)
+def accuracy_text(accuracy: Optional[float], rows: int, form: str = "prose") -> str:
+    """The one accuracy formatter, in three forms:
+
+    - "prose" (log lines, the end of training, predict): `94.60% (93.06-95.77%, 1,000 rows)`;
+    - "table" (report.md, cv tables): `0.9460 (0.9306-0.9577)`, `-` for a missing accuracy or interval;
+    - "interval" (a column of its own): `0.9306-0.9577`, `-` without rows.
+    """
+    missing = accuracy is None or math.isnan(accuracy)
+    low, high = (math.nan, math.nan) if missing else wilson_interval(accuracy, int(rows))
+    interval = "-" if missing or not rows else f"{low:.4f}-{high:.4f}"
+    if form == "interval":
+        return interval
+    if form == "table":
+        return f"{'-' if missing else f'{accuracy:.4f}'} ({interval})"
     return f"{accuracy:.2%} ({low * 100:.2f}-{high:.2%}, {rows:,} rows)"

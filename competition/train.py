@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import math
 import random
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import paddle
@@ -223,13 +225,12 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
     config = Config.load(run_dir / "config.json").validate()
     ran = runtime.Runtime.load(run_dir)
     parallel.init()
-    sys.unraisablehook = _quiet_half_built_loaders
     cpu_kernels = runtime.apply(ran)
     seed_everything(config.seed)
     table, train_idx, val_idx = data or load_training_data(config)
     rank, world = parallel.world()
     writer = RunWriter(run_dir, active=rank == 0, launched=parallel.is_worker())
-    with _stable_names(), writer.logging():
+    with _stable_names(), writer.logging(), _half_built_loaders_quiet():
         model = kernels.accelerate(build_model(config.model, **config.model_options()), cpu_kernels)
         train_set = FashionMNIST(table.images[train_idx], table.labels[train_idx], _augment(config))
         if not resume:  # a resumed run's whitening filters come with its checkpoint
@@ -357,22 +358,38 @@ def _augment(config: Config) -> Augment:
                    alternate_flip=config.alternate_flip)
 
 
-def _quiet_half_built_loaders(unraisable: "sys.UnraisableHookArgs") -> None:
-    """sys.unraisablehook that drops one known harmless error, and passes every other one on.
+@contextlib.contextmanager
+def _half_built_loaders_quiet() -> Iterator[None]:
+    """Within the block, drop one known harmless unraisable error and pass every other one on; the hook that
+    was installed before is back afterwards.
 
     A stop signal (KeyboardInterrupt) landing inside paddle.io's loader-iterator __init__ leaves
     an object without `_shutdown`; its __del__ then prints an AttributeError traceback on the
     user's terminal after our one-line stop message. The iterator started no thread by then.
     """
-    obj = getattr(unraisable, "object", None)
-    if (isinstance(unraisable.exc_value, AttributeError) and "_shutdown" in str(unraisable.exc_value)
-            and getattr(obj, "__qualname__", "").startswith("_DataLoaderIter")):
-        log.debug("ignored a half-built data loader iterator's clean-up after a stop")
-        return
-    _previous_unraisablehook(unraisable)
+    previous = sys.unraisablehook
 
+    def hook(unraisable: "sys.UnraisableHookArgs") -> None:
+        obj = getattr(unraisable, "object", None)
+        if (isinstance(unraisable.exc_value, AttributeError) and "_shutdown" in str(unraisable.exc_value)
+                and getattr(obj, "__qualname__", "").startswith("_DataLoaderIter")):
+            log.debug("ignored a half-built data loader iterator's clean-up after a stop")
+            return
+        previous(unraisable)
 
-_previous_unraisablehook = sys.unraisablehook
+    sys.unraisablehook = hook
+    try:
+        yield
+    except BaseException as exc:
+        # The stopped frames (a half-built iterator among their locals) are freed now, while the hook holds,
+        # not when the caller lets go of the exception.
+        for raised in (exc, exc.__context__):
+            if raised is not None:
+                traceback.clear_frames(raised.__traceback__)
+        gc.collect()
+        raise
+    finally:
+        sys.unraisablehook = previous
 
 
 def _stable_names():

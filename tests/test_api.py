@@ -22,12 +22,31 @@ def test_the_readme_notebook_session_runs(real_data: dict, tmp_path: Path) -> No
     result = fit(config)
     assert result.run_dir.parent == tmp_path / "runs" and 0 <= result.best_val_acc <= 1
     assert result.best_epoch == 1 and result.val_acc_tta is not None
-    sub = submit(result, tta=True, out=tmp_path / "submission.csv", test=str(real_data["test"]))
-    assert sub.rows == 100 and sub.val_acc == result.best_val_acc and sub.val_acc_tta == result.val_acc_tta
+    sub = submit(result, out=tmp_path / "submission.csv", test=str(real_data["test"]))  # six views, as run.sh
+    assert sub.rows == 100 and sub.val_acc == result.best_val_acc and sub.val_acc_tta == result.val_acc_tta6
+    assert sub.tta == 6 and sub.archived.name.endswith("-tta6.csv")
     assert main(["check", str(sub.path), "--test", str(real_data["test"])]) == 0
     shown = view_report(result)
     assert {p.name for p in shown.pictures} == {"curves.png", "confusion.png", "per_class.png", "mistakes.png"}
     assert shown._repr_html_().count("data:image/png;base64,") == 4
+
+
+def test_fit_of_the_best_preset_trains_both_members_and_submits_what_predict_does(real_data: dict,
+                                                                                   tmp_path: Path) -> None:
+    # README's notebook one-liner for `best`, on tiny data and its fixed recipe (epochs given).
+    from competition import Config, fit, submit
+    from competition.config import ENSEMBLES
+
+    config = Config.of_preset("best", train=str(real_data["train"]), rows=300, val_size=60, epochs=1, max_steps=2,
+                              batch_size=32, width=16, runs_dir=str(tmp_path / "runs"))
+    result = fit(config)
+    members = [Config.load(m.run_dir / "config.json") for m in result.members]
+    assert [m.preset for m in members] == list(ENSEMBLES["best"]) and {m.epochs for m in members} == {1}
+    assert all((m.run_dir / "best.pdparams").is_file() for m in result.members)
+    submit(result, out=tmp_path / "notebook.csv", test=str(real_data["test"]))
+    assert main(["predict", "--run", str(result.ens_dir), "--tta", "6", "--test", str(real_data["test"]),
+                 "--out", str(tmp_path / "command-line.csv")]) == 0
+    assert (tmp_path / "notebook.csv").read_text() == (tmp_path / "command-line.csv").read_text()
 
 
 def test_the_best_checkpoint_holds_the_weight_average(real_data: dict, tmp_path: Path) -> None:

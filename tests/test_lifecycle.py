@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import METRICS, REPO, cnn_train_command
 
@@ -61,6 +62,19 @@ def test_a_signal_to_the_parent_stops_every_rank_and_says_how_to_resume(real_dat
     assert _gone_within(run, 10), "a rank outlived its parent"
     done = len(pd.read_csv(run / "summary.csv"))
     assert 1 <= done < 40
+
+
+@pytest.mark.parametrize("after_s", [1.0, 2.5])
+def test_a_sigterm_while_paddle_imports_ends_in_our_one_line(after_s: float, real_data: dict, tmp_path: Path) -> None:
+    # Paddle's import installs a C++ handler that printed a 12-line "FatalError: Termination signal" banner.
+    proc = subprocess.Popen(cnn_train_command(real_data, tmp_path, 40), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "FatalError" not in out + err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("competition train: "), err
 
 
 def test_kill_9_of_the_parent_leaves_no_rank_training(real_data: dict, tmp_path: Path) -> None:

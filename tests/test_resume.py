@@ -87,18 +87,32 @@ def test_a_loader_iterator_cut_short_by_a_stop_leaves_no_traceback(monkeypatch: 
 
     from competition import train
     passed_on = []
-    monkeypatch.setattr(train, "_previous_unraisablehook", lambda u: passed_on.append(str(u.exc_value)))
-    monkeypatch.setattr(sys, "unraisablehook", train._quiet_half_built_loaders)
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: passed_on.append(str(u.exc_value)))
+    before = sys.unraisablehook
 
     class Other:
         def __del__(self) -> None:
             raise AttributeError("'Other' object has no attribute '_shutdown'")
 
-    half_built = _DataLoaderIterSingleProcess.__new__(_DataLoaderIterSingleProcess)
-    other = Other()
-    del half_built, other
-    gc.collect()
+    with train._half_built_loaders_quiet():
+        half_built = _DataLoaderIterSingleProcess.__new__(_DataLoaderIterSingleProcess)
+        other = Other()
+        del half_built, other
+        gc.collect()
     assert passed_on == ["'Other' object has no attribute '_shutdown'"]  # only Paddle's is dropped
+    assert sys.unraisablehook is before  # the process's hook is back after the run
+
+    def stopped_in_the_loader() -> None:
+        half_built = _DataLoaderIterSingleProcess.__new__(_DataLoaderIterSingleProcess)  # noqa: F841
+        raise KeyboardInterrupt
+
+    try:  # the stop reaches the caller with the iterator in its traceback's frames
+        with train._half_built_loaders_quiet():
+            stopped_in_the_loader()
+    except KeyboardInterrupt:
+        pass
+    gc.collect()
+    assert passed_on == ["'Other' object has no attribute '_shutdown'"] and sys.unraisablehook is before
 
 
 def test_a_stop_signal_inside_a_held_block_is_answered_as_the_block_ends() -> None:

@@ -104,3 +104,14 @@ def test_bad_storage_and_unknown_study_get_one_line(args: list, message: str, re
                  *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_smoke_study_on_few_rows_scores_trials_on_a_fifth_of_them(real_data: dict, tmp_path: Path, capfd,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    runs = tmp_path / "runs"
+    args = ["tune", "--trials", "1", "--train", str(real_data["train"]), "--rows", "400", "--model", "fc",
+            "--epochs", "1", "--batch-size", "32", "--runs-dir", str(runs)]  # no --val-size: 10,000 would not fit
+    assert main(args) == 0
+    assert _study(runs).trials[0].user_attrs["val_rows"] == 80
+    said = capfd.readouterr()  # the log's line: on the terminal, or in pytest's log capture when it holds the logger
+    assert "too few rows for 10,000 validation rows; trials are scored on 80 (a fifth" in said.out + said.err + caplog.text

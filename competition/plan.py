@@ -180,23 +180,50 @@ def make(minutes: float, options: dict[str, Any], rows: tuple[int, int], started
     def cost(recipe: Recipe, timings: dict[probe.Shape, dict[str, Any]]) -> dict[str, Any]:
         return _costs(recipe.configs(options), shapes[recipe], timings, rows, runs)
 
-    timings = _probe_in_order(found, shapes, cost, limit - (time.time() - started), options.get("device", "auto"))
+    device = options.get("device", "auto")
+    timings = _probe_in_order(found, shapes, cost, limit - (time.time() - started), device)
     found = [recipe for recipe in found if all(s in timings for s in shapes[recipe])]
-    elapsed = time.time() - started  # set-up, imports, the data, the probe: already spent
-    table = [{"recipe": recipe.name(options), "accuracy": recipe.accuracy, **_rounded(cost(recipe, timings), elapsed)}
-             for recipe in found]
-    machine = _machine(shapes[found[0]][0].nproc, options.get("device", "auto"))
-    fitting = [k for k, row in enumerate(table) if row["predicted_s"] <= limit]
-    if not fitting:
-        raise CompetitionError(_too_small(minutes, machine, table, elapsed))
-    best = max(fitting, key=lambda i: (table[i]["accuracy"], -table[i]["predicted_s"]))
+    machine = _machine(shapes[found[0]][0].nproc, device)
+
+    def choose() -> tuple[list[dict[str, Any]], int, float]:
+        elapsed = time.time() - started  # set-up, imports, the data, the probe: already spent
+        table = [{"recipe": recipe.name(options), "accuracy": recipe.accuracy,
+                  **_rounded(cost(recipe, timings), elapsed)} for recipe in found]
+        fitting = [k for k, row in enumerate(table) if row["predicted_s"] <= limit]
+        if not fitting:
+            raise CompetitionError(_too_small(minutes, machine, table, elapsed))
+        return table, max(fitting, key=lambda i: (table[i]["accuracy"], -table[i]["predicted_s"])), elapsed
+
+    table, best, elapsed = choose()
+    check = _speed_check(shapes[found[best]][0], timings, device)
+    if check is not None:  # the cached probe, scaled to this hour's speed: choose again
+        timings = {shape: _scaled(t, check["factor"]) if t.get("cached") else t for shape, t in timings.items()}
+        table, best, elapsed = choose()
     record = {"minutes": minutes, "machine": machine, "started": started, "spent_before_s": round(elapsed, 1),
               "runs": runs, "rows": list(rows), "margin": MARGIN, "choice": table[best]["recipe"],
               "accuracy": found[best].accuracy, **{k: v for k, v in table[best].items() if k.endswith("_s")},
-              "why": _why(table, best, limit),
+              "why": _why(table, best, limit) + (f"; this hour the machine runs at {1 / check['factor']:.2f} x the "
+                                                 "speed of the cached probe" if check else ""), "speed_check": check,
               "timings": {shape.describe(): timings[shape] for shape in dict.fromkeys(shapes[found[best]])},
               "candidates": table}
     return Plan([replace(config, minutes=minutes) for config in found[best].configs(options)], record)
+
+
+def _speed_check(shape: probe.Shape, timings: dict[probe.Shape, dict[str, Any]], device: str
+                 ) -> Optional[dict[str, Any]]:
+    """The chosen shape's step timed again now, against its cached figure: how fast this machine is this hour
+    (None when the figure was measured in this plan, or on a GPU). A few seconds: one probe of one shape."""
+    if not timings[shape].get("cached") or device == "gpu" or (device == "auto" and parallel.has_gpu()):
+        return None
+    step = probe.measure(shape)[timings[shape]["path"]]  # the path the cache chose (the cache is left as it is)
+    return {"shape": shape.describe(), "cached_step_s": timings[shape]["step_s"], "step_s": round(step, 5),
+            "factor": round(step / timings[shape]["step_s"], 3)}
+
+
+def _scaled(timing: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A cached timing at this hour's speed (the speed check's factor)."""
+    return {**timing, "step_s": round(timing["step_s"] * factor, 5),
+            "eval_image_s": round(timing["eval_image_s"] * factor, 8), "speed_factor": factor}
 
 
 def _probe_in_order(found: list[Recipe], shapes: dict[Recipe, list[probe.Shape]], cost: Callable[..., dict],
@@ -258,13 +285,14 @@ def _shape(config: Config) -> probe.Shape:
                        nproc, "bf16" if bf16 else "fp32")
 
 
-def _timings(shapes: list[probe.Shape], device: str) -> dict[probe.Shape, dict[str, float]]:
-    """Each shape's seconds a training step and a validation image on the path it will train on."""
+def _timings(shapes: list[probe.Shape], device: str) -> dict[probe.Shape, dict[str, Any]]:
+    """Each shape's seconds a training step and a validation image on the path it will train on, and whether
+    they came from the probe's cache."""
     if device == "gpu" or (device == "auto" and parallel.has_gpu()):
         return {shape: probe.gpu_seconds(shape) for shape in dict.fromkeys(shapes)}
     found = probe.choose_all(list(dict.fromkeys(shapes)))
     return {shape: {"step_s": r[f"{r['choice']}_step_s"], "eval_image_s": r[f"{r['choice']}_eval_image_s"],
-                    "path": r["choice"]} for shape, r in found.items()}
+                    "path": r["choice"], "cached": r.get("cached", False)} for shape, r in found.items()}
 
 
 def _costs(configs: list[Config], shapes: list[probe.Shape], timings: dict, rows: tuple[int, int],

@@ -40,7 +40,7 @@ def planned(monkeypatch: pytest.MonkeyPatch, minutes: float, speed: float, **opt
 
 @pytest.mark.parametrize("minutes, speed, choice", [
     # at speed 1.2 an airnet 16 epoch is 98 steps of 1.07 x 0.067 s + 20 ms, and 0.4 s of validation: 9.4 s; with
-    # the fixed costs (start, end, scoring, prediction: 22.2 s) 9 epochs take 107 s, 10 take 116 s: over 110.4 s
+    # the fixed costs (start, end, scoring, prediction: 22.2 s) 7 epochs take 88 s, 8 take 97 s: over 96 s
     (2, 1.2, "airnet 16 x 7 epochs"),
     (10, 1.0, "airnet 32 x 18 epochs"),
     (10, 0.25, "airnet 16 x 11 epochs"),  # a quarter of the speed: the narrower airnet
@@ -57,6 +57,24 @@ def test_the_plan_is_the_most_accurate_recipe_that_fits(monkeypatch: pytest.Monk
     assert record["accuracy"] == max(c["accuracy"] for c in fitting)
     assert all(config.minutes == minutes for config in found.configs)
     assert found.line().startswith(f"{minutes:g}-minute budget on this ") and choice in found.line()
+
+
+def test_a_cached_probe_is_timed_again_and_scaled_to_this_hours_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    cached = fake_timings(1.0)
+    monkeypatch.setattr(plan, "_timings", lambda shapes, device: {shape: {**timing, "cached": True}
+                                                                  for shape, timing in cached(shapes, device).items()})
+    measured = []
+
+    def measure(shape: probe.Shape) -> dict:  # this hour the machine runs at half the speed the cache says
+        measured.append(shape)
+        step = cached([shape], "cpu")[shape]["step_s"] * 2
+        return {"onednn": step, "paddle": 10 * step}
+
+    monkeypatch.setattr(probe, "measure", measure)
+    record = plan.make(10, {"nproc": 2}, ROWS, time.time()).record
+    assert len(measured) == 1 and record["speed_check"]["factor"] == 2.0 and "0.50 x the speed" in record["why"]
+    assert record["choice"] == planned(monkeypatch, 10, 0.5).record["choice"]  # what half the speed plans
+    assert record["choice"] != planned(monkeypatch, 10, 1.0).record["choice"]  # not what the cache alone says
 
 
 def test_epochs_stay_between_measured_ones_and_interpolate_linearly() -> None:

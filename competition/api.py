@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
 from . import checkpoint, parallel, plan, report, runtime
-from .config import ENSEMBLES, Config
+from .config import ENSEMBLES, RUNS_DIR, SUBMISSION, Config
 from .data import TrainingData, load_training_data
 from .errors import CompetitionError, TrainingFailed, TrainingInterrupted
 from .models import build_model
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("competition")
 
-DEFAULT_OUT = "submissions/submission.csv"
 JOB_WAIT_S = 600  # how long a node other than 0 waits for node 0's run folder
 Run = Union[str, Path, RunResult]
 
@@ -148,8 +147,8 @@ def train_to_end(run_dir: Path, config: Config, where: str, resume_line: str) ->
 
 
 def submit(run: Union[Run, list[Run], None] = None, tta: Union[bool, int] = 6,
-           out: Union[str, Path] = DEFAULT_OUT, test: Optional[str] = None, data_dir: Optional[str] = None,
-           runs_dir: str = "runs") -> Submission:
+           out: Union[str, Path] = SUBMISSION, test: Optional[str] = None, data_dir: Optional[str] = None,
+           runs_dir: str = RUNS_DIR) -> Submission:
     """Write the submission of a run (default: the newest in runs_dir), or of several runs' average.
 
     `tta`: views of each test image averaged, 1, 2 or 6 (default 6, what `bash run.sh` submits; True: 2, the
@@ -189,7 +188,7 @@ class Report:
         return "\n".join(parts)
 
 
-def view_report(run: Optional[Run] = None, runs_dir: str = "runs") -> Report:
+def view_report(run: Optional[Run] = None, runs_dir: str = RUNS_DIR) -> Report:
     """(Re)write a run's report from its folder alone and return it for display."""
     run_dir = run.run_dir if isinstance(run, RunResult) else Path(run) if run else checkpoint.newest_run(runs_dir)
     return Report(Path(run_dir), report.write_report(run_dir))

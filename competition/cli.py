@@ -16,10 +16,9 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from . import api, checkpoint, cv, ensemble, parallel, plan, report, submission, tune
-from .api import DEFAULT_OUT
 from .bench import BenchSettings, run_bench
-from .config import (BUDGETS, CONV_CHOICES, ENSEMBLES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, Config,
-                     from_preset)
+from .config import (BUDGETS, CONV_CHOICES, ENSEMBLES, FOLDS, OPTIMIZERS, PRECISIONS, PRESETS, RUNS_DIR,
+                     SCHEDULES, SUBMISSION, Config, from_preset)
 from .data import TRAIN_FILE, data_file, read_train_csv
 from .errors import CompetitionError
 from .logs import setup_logging
@@ -28,7 +27,6 @@ from .predict import TTA_VIEWS, accuracy_on, load_test_table
 from .stats import accuracy_text
 
 
-DEFAULT_FOLDS = 5  # cv: 5 folds of 48,000 training rows each, close to a 50,000-row single run's
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,12 +75,12 @@ def _cv_parser(sub: argparse._SubParsersAction) -> None:
                    "submission): each fold trains the most accurate measured recipe that fits; a budget preset "
                    "without it gives each fold the preset's minutes")
     p.add_argument("--folds", type=int, metavar="K", help=f"number of folds (2 or more; each row validates once; "
-                   f"default {DEFAULT_FOLDS})")
+                   f"default {FOLDS})")
     p.add_argument("--holdout", type=int, metavar="N", help="stratified rows kept out of every fold, to score the "
                    "fold ensemble on (the rows `train --val-size N` with the same --seed validates on)")
     p.add_argument("--submit", type=int, nargs="?", const=6, choices=TTA_VIEWS, metavar="VIEWS",
                    help="then write the fold ensemble's submission with VIEWS-view TTA (6 when alone)")
-    p.add_argument("--out", metavar="FILE", help=f"with --submit (default {DEFAULT_OUT})")
+    p.add_argument("--out", metavar="FILE", help=f"with --submit (default {SUBMISSION})")
     p.add_argument("--test", metavar="FILE", help="with --submit: test CSV (default: found in the data dirs)")
     _add_recipe_options(p)
     p.set_defaults(func=cmd_cv)
@@ -164,9 +162,9 @@ def _predict_parsers(sub: argparse._SubParsersAction) -> None:
                    help="average the predictions of several views of each test image: 2 (the image and its "
                    "mirror; --tta alone) or 6 (both, and both moved by one pixel)")
     p.add_argument("--test", metavar="FILE", help="test CSV (default: found in the data dirs)")
-    p.add_argument("--out", metavar="FILE", default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
+    p.add_argument("--out", metavar="FILE", default=SUBMISSION, help=f"default {SUBMISSION}")
     p.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
-    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="default runs/")
+    p.add_argument("--runs-dir", default=RUNS_DIR, metavar="DIR", help=f"default {RUNS_DIR}/")
     p.set_defaults(func=cmd_predict)
     e = sub.add_parser("evaluate", help="accuracy of a run on a test file that has a label column")
     e.add_argument("--run", metavar="DIR", action="append", help="run folder (default: the newest); "
@@ -174,7 +172,7 @@ def _predict_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--tta", type=int, nargs="?", const=2, default=1, choices=TTA_VIEWS, metavar="VIEWS",
                    help="as predict --tta")
     e.add_argument("--test", metavar="FILE", required=True, help="labeled test CSV")
-    e.add_argument("--runs-dir", default="runs", metavar="DIR", help="default runs/")
+    e.add_argument("--runs-dir", default=RUNS_DIR, metavar="DIR", help=f"default {RUNS_DIR}/")
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -194,7 +192,7 @@ def _submission_parsers(sub: argparse._SubParsersAction) -> None:
 def _report_parsers(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="(re)write a run's pictures and report.md without training")
     r.add_argument("run", metavar="RUN", nargs="?", help="run folder (default: the newest in --runs-dir)")
-    r.add_argument("--runs-dir", default="runs", metavar="DIR", help="default runs/")
+    r.add_argument("--runs-dir", default=RUNS_DIR, metavar="DIR", help=f"default {RUNS_DIR}/")
     r.set_defaults(func=cmd_report)
     s = sub.add_parser("show", help="pictures of the data: `competition show data`")
     s.add_argument("what", choices=("data",), help="what to show")
@@ -309,10 +307,10 @@ def cmd_cv(args: argparse.Namespace) -> int:
     """Start (or resume) a cross-validation, print its figures, and submit the fold ensemble if asked."""
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     cv_dir, views = given.pop("resume", None), given.pop("submit", None)
-    out, test = given.pop("out", DEFAULT_OUT), given.pop("test", None)
+    out, test = given.pop("out", SUBMISSION), given.pop("test", None)
     planned = None
     if cv_dir is None:
-        given.setdefault("folds", DEFAULT_FOLDS)
+        given.setdefault("folds", FOLDS)
         if given.get("preset") in ENSEMBLES:
             raise CompetitionError(f"preset '{given['preset']}' is an ensemble of "
                                    f"{' and '.join(ENSEMBLES[given['preset']])}; a cv trains one recipe: name one "

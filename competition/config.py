@@ -12,6 +12,11 @@ from typing import Any, Callable, Optional, Union, get_args, get_origin, get_typ
 from .errors import CompetitionError
 
 
+RUNS_DIR = "runs"  # where run, cv and ensemble folders are made, unless --runs-dir says otherwise
+SUBMISSION = "submissions/submission.csv"  # the file to upload, unless --out says otherwise
+FOLDS = 5  # cv: 5 folds of 48,000 training rows each, close to a 50,000-row single run's
+
+
 @dataclass
 class Config:
     """Everything that decides a training run."""
@@ -59,7 +64,7 @@ class Config:
     preset: Optional[str] = None  # the preset the other values started from
     train: Optional[str] = None  # training CSV; None: looked up in the data dirs
     data_dir: Optional[str] = None
-    runs_dir: str = "runs"
+    runs_dir: str = RUNS_DIR
     device: str = "auto"  # auto | cpu | gpu
     # Data-parallel processes; each takes batch_size / nproc rows of every batch.
     # None: one per core (CPU) or GPU, resolved by the CLI before the run starts.

@@ -1,7 +1,6 @@
 """Finding, reading and checking the contest CSVs; the Dataset that feeds Paddle."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import hashlib
@@ -14,7 +13,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -23,7 +22,6 @@ import paddle
 from .config import Config
 from .errors import CompetitionError
 from .files import atomic_path, user_cache_dir
-from .parallel import stop_signals_held
 
 N_PIXELS = 784
 SIDE = 28
@@ -547,39 +545,3 @@ def make_loader(dataset: FashionMNIST, batch_size: int, shuffle: bool) -> paddle
     else:
         sampler = paddle.io.BatchSampler(dataset, batch_size=batch_size, shuffle=False)
     return paddle.io.DataLoader(Batches(dataset, sampler), batch_size=None)
-
-
-@contextlib.contextmanager
-def batches_of(loader: paddle.io.DataLoader) -> Iterator[Iterator[Any]]:
-    """Iterate a loader so that a stop signal is raised between batches, never inside paddle.io's own code,
-    and the loader's reader threads are shut down when a signal (or an error) leaves the loop."""
-    # A KeyboardInterrupt raised inside paddle.io's iterator (building it, fetching a batch, its shutdown) could
-    # leave its reader thread running to interpreter exit, which then aborted ("terminate called without an
-    # active exception", exit -6 instead of 130). Processes looping over a small loader, sent SIGHUP after
-    # 0.2-0.6 s: 4 of 60 aborted before; 8 of 100 with a signal mask (another thread took the signal); 0 of
-    # 100 with the handlers held (2026-12-01). Holding costs 15 us a batch. Not shut down after a plain
-    # `break` (--max-steps): paddle's shutdown waits a whole second for the thread, every epoch.
-    batches = None
-    try:
-        with stop_signals_held():
-            batches = iter(loader)
-        yield _held_between(batches)
-    except BaseException:
-        shutdown = getattr(batches, "_try_shutdown_all", None)  # paddle.io's iterators; idempotent
-        if shutdown is not None:
-            with stop_signals_held():
-                shutdown()
-        raise
-
-
-def _held_between(batches: Iterator[Any]) -> Iterator[Any]:
-    """The batches, each fetched with the stop signals held."""
-    while True:
-        with stop_signals_held():
-            batch = next(batches, _END)
-        if batch is _END:
-            return
-        yield batch
-
-
-_END = object()

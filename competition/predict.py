@@ -17,7 +17,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from . import checkpoint, parallel, submission
-from .data import (EVAL_BATCH, SIDE, TEST_FILE, FashionMNIST, ImageTable, batches_of, data_file, make_loader,
+from .data import (EVAL_BATCH, SIDE, TEST_FILE, FashionMNIST, ImageTable, data_file, make_loader,
                    read_test_csv)
 from .errors import CompetitionError
 from .models import N_CLASSES
@@ -49,7 +49,7 @@ def predict_probs(model: nn.Layer, images: np.ndarray, batch_size: int = EVAL_BA
     """Softmax probabilities [N, 10] for uint8 images [N, 784], batched, in eval mode."""
     model.eval()
     loader = make_loader(FashionMNIST(images), batch_size, shuffle=False)
-    with batches_of(loader) as batches:
+    with parallel.batches_of(loader) as batches:
         probs = [F.softmax(model(x), axis=1).numpy() for (x,) in batches]
     return np.concatenate(probs) if probs else np.zeros((0, N_CLASSES), np.float32)
 

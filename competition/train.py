@@ -22,7 +22,7 @@ from paddle import nn
 from . import checkpoint, kernels, parallel, plan, predict, runtime
 from .checkpoint import RunWriter, TrainState, Validation
 from .config import Config
-from .data import (EVAL_BATCH, Augment, FashionMNIST, ImageTable, TrainingData, batches_of, load_training_data,
+from .data import (EVAL_BATCH, Augment, FashionMNIST, ImageTable, TrainingData, load_training_data,
                    make_loader)
 from .errors import TrainingInterrupted
 from .models import build_model, count_parameters, fit_to_data, learned
@@ -180,7 +180,7 @@ def train_one_epoch(model: nn.Layer, loader: paddle.io.DataLoader, optimizer: pa
     metric = paddle.metric.Accuracy()
     total_loss, seen, losses = 0.0, 0, []
     steps = epoch_steps(loader, max_steps)
-    with batches_of(loader) as batches:
+    with parallel.batches_of(loader) as batches:
         for x, y in batches:
             if len(losses) == steps:
                 break
@@ -210,7 +210,7 @@ def evaluate(model: nn.Layer, loader: paddle.io.DataLoader) -> dict[str, float]:
     model.eval()
     metric = paddle.metric.Accuracy()
     total_loss, seen = 0.0, 0
-    with batches_of(loader) as batches:
+    with parallel.batches_of(loader) as batches:
         for x, y in batches:
             logits = model(x)
             total_loss += float(F.cross_entropy(logits, y, reduction="sum"))

@@ -135,7 +135,7 @@ def test_a_stop_inside_an_epoch_leaves_no_reader_thread_behind() -> None:
     before = set(threading.enumerate())  # reader threads of loaders left by other tests' --max-steps runs
     loader = data.make_loader(data.FashionMNIST(random_images(64).astype(np.uint8), np.arange(64) % 10), 16,
                               shuffle=False)
-    with pytest.raises(KeyboardInterrupt), data.batches_of(loader) as batches:
+    with pytest.raises(KeyboardInterrupt), parallel.batches_of(loader) as batches:
         for _ in batches:
             raise KeyboardInterrupt
     assert not [t.name for t in set(threading.enumerate()) - before if "_thread_loop" in t.name]

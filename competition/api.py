@@ -190,7 +190,7 @@ class Report:
 
 def view_report(run: Optional[Run] = None, runs_dir: str = RUNS_DIR) -> Report:
     """(Re)write a run's report from its folder alone and return it for display."""
-    run_dir = run.run_dir if isinstance(run, RunResult) else Path(run) if run else checkpoint.newest_run(runs_dir)
+    run_dir = _folder(run) if run else checkpoint.newest_run(runs_dir)
     return Report(Path(run_dir), report.write_report(run_dir))
 
 

@@ -27,8 +27,6 @@ from .predict import TTA_VIEWS, accuracy_on, load_test_table
 from .stats import accuracy_text
 
 
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line instead of the usage block."""
 
@@ -541,7 +539,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     try:
         with parallel.stop_on_signals():  # a stop outside training ends in the line below, not Paddle's banner
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, parallel.STOP_SIGNALS)  # held by __main__ while Paddle imported
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, parallel.STOP_SIGNALS)  # __main__ held them for the imports
             return args.func(args)
     except CompetitionError as exc:
         print(f"competition {args.command}: error: {exc}", file=sys.stderr)

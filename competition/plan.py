@@ -68,7 +68,8 @@ class Line:
 # 2026-12-03) unless the evidence says otherwise. Where a figure exists in both precisions the lower is kept
 # (airnet 48 x 12: 95.00% in float32, 95.17% in bfloat16). BENCHMARKS.md, "Time budgets", lists them all.
 LINES: tuple[Line, ...] = (
-    Line("quick", None, {1: 0.8775, 2: 0.8960, 3: 0.9063, 5: 0.9174, 7: 0.9253, 9: 0.9313}, "cnn; 9: two seeds (e2d2e21)"),
+    Line("quick", None, {1: 0.8775, 2: 0.8960, 3: 0.9063, 5: 0.9174, 7: 0.9253, 9: 0.9313},
+         "cnn; 9: two seeds (e2d2e21)"),
     Line("default", 16, {2: 0.8931, 4: 0.9173, 8: 0.9356, 16: 0.9421}, "airnet 16"),
     Line("default", 32, {4: 0.9315, 8: 0.9453, 12: 0.9476, 16: 0.9504, 22: 0.9505},
          "airnet 32; 16, 22: bf16, two seeds (1b0a17e, 8488ad3)"),
@@ -104,7 +105,7 @@ class Recipe:
         for config in self.configs(options):
             shape = "".join(f" {v}" for k, v in config.model_options().items() if k == "width")
             parts.append(f"{config.model}{shape} x {config.epochs}")
-        return " + ".join(parts) + (" epoch" if parts == [p for p in parts if p.endswith(" x 1")] else " epochs")
+        return " + ".join(parts) + (" epoch" if all(p.endswith(" x 1") for p in parts) else " epochs")
 
 
 def candidates() -> list[Recipe]:
@@ -223,8 +224,8 @@ def make(minutes: float, options: dict[str, Any], rows: tuple[int, int], started
 def _speed_check(shape: probe.Shape, timings: dict[probe.Shape, dict[str, Any]], device: str
                  ) -> Optional[dict[str, Any]]:
     """The chosen shape's step timed again now, against its cached figure: how fast this machine is this hour
-    (None when the figure was measured in this plan, or on a GPU). A few seconds: one probe of one shape."""
-    if not timings[shape].get("cached") or device == "gpu" or (device == "auto" and parallel.has_gpu()):
+    (None when the figure was measured in this plan). A few seconds: one probe of one shape."""
+    if not timings[shape].get("cached"):  # a GPU's timings are measured in every plan, never cached
         return None
     step = probe.measure(shape)[timings[shape]["path"]]  # the path the cache chose (the cache is left as it is)
     return {"shape": shape.describe(), "cached_step_s": timings[shape]["step_s"], "step_s": round(step, 5),

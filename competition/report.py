@@ -61,24 +61,21 @@ def format_per_class(table: pd.DataFrame) -> str:
     lines = [f"{'class':>5}  {'name':<{width}}  {'correct':>7}  {'total':>5}  {'accuracy':>8}  {INTERVAL:>13}"]
     for row in table.itertuples(index=False):
         lines.append(f"{row[0]:>5}  {row.name:<{width}}  {row.correct:>7}  {row.total:>5}  "
-                     f"{_acc_text(row.accuracy):>8}  {accuracy_text(row.accuracy, row.total, 'interval'):>13}")
+                     f"{accuracy_text(row.accuracy, row.total, 'value'):>8}  "
+                     f"{accuracy_text(row.accuracy, row.total, 'interval'):>13}")
     correct, total = int(table["correct"].sum()), int(table["total"].sum())
     overall = correct / total if total else math.nan
-    lines.append(f"{'all':>5}  {'':<{width}}  {correct:>7}  {total:>5}  {_acc_text(overall):>8}  "
+    lines.append(f"{'all':>5}  {'':<{width}}  {correct:>7}  {total:>5}  {accuracy_text(overall, total, 'value'):>8}  "
                  f"{accuracy_text(overall, total, 'interval'):>13}")
     return "\n".join(lines)
 
 
 def per_class_markdown(table: pd.DataFrame) -> str:
     """The per-class table as a markdown table, with each accuracy's 95% interval."""
-    rows = [[str(row[0]), str(row.name), str(row.correct), str(row.total), _acc_text(row.accuracy),
-             accuracy_text(row.accuracy, row.total, "interval")] for row in table.itertuples(index=False)]
+    rows = [[str(row[0]), str(row.name), str(row.correct), str(row.total),
+             accuracy_text(row.accuracy, row.total, "value"), accuracy_text(row.accuracy, row.total, "interval")]
+            for row in table.itertuples(index=False)]
     return _markdown_table(PER_CLASS_COLUMNS + [INTERVAL], rows)
-
-
-def _acc_text(value: Optional[float]) -> str:
-    """`0.9460`, or `-` for a missing accuracy: a table's column of bare accuracies."""
-    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def _markdown_table(header: Sequence[str], rows: list[list[str]]) -> str:

@@ -22,17 +22,19 @@ def wilson_interval(accuracy: float, rows: int, z: float = Z95) -> tuple[float, 
 
 
 def accuracy_text(accuracy: Optional[float], rows: int, form: str = "prose") -> str:
-    """The one accuracy formatter, in three forms:
+    """The one accuracy formatter, in four forms:
 
     - "prose" (log lines, the end of training, predict): `94.60% (93.06-95.77%, 1,000 rows)`;
     - "table" (report.md, cv tables): `0.9460 (0.9306-0.9577)`, `-` for a missing accuracy or interval;
-    - "interval" (a column of its own): `0.9306-0.9577`, `-` without rows.
+    - "interval" (a column of its own): `0.9306-0.9577`, `-` without rows;
+    - "value" (a column of bare accuracies): `0.9460`, `-` for a missing accuracy.
     """
     missing = accuracy is None or math.isnan(accuracy)
     low, high = (math.nan, math.nan) if missing else wilson_interval(accuracy, int(rows))
+    value = "-" if missing else f"{accuracy:.4f}"
     interval = "-" if missing or not rows else f"{low:.4f}-{high:.4f}"
-    if form == "interval":
-        return interval
+    if form in ("interval", "value"):
+        return interval if form == "interval" else value
     if form == "table":
-        return f"{'-' if missing else f'{accuracy:.4f}'} ({interval})"
+        return f"{value} ({interval})"
     return f"{accuracy:.2%} ({low * 100:.2f}-{high:.2%}, {rows:,} rows)"

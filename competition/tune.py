@@ -30,6 +30,10 @@ from .stats import accuracy_text
 
 log = logging.getLogger("competition")
 VAL_SIZE = 10_000  # rows that score each trial unless --val-size says: a 1,000-row split moves by ±1.4 points
+DEFAULT_DB = "tune.db"  # in --runs-dir: sqlite:///runs/tune.db
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+COUNTED = FINISHED + (optuna.trial.TrialState.RUNNING,)  # trials that take a place among --trials
+HEARTBEAT_S, GRACE_S = 60, 180  # a trial whose process died (kill -9) is marked failed after GRACE_S
 
 
 def default_val_size(rows: Optional[int]) -> int:
@@ -41,11 +45,6 @@ def default_val_size(rows: Optional[int]) -> int:
     log.info("tune: --rows %d leaves too few rows for %s validation rows; trials are scored on %d (a fifth; "
              "--val-size sets it)", rows, f"{VAL_SIZE:,}", size)
     return size
-
-DEFAULT_DB = "tune.db"  # in --runs-dir: sqlite:///runs/tune.db
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-COUNTED = FINISHED + (optuna.trial.TrialState.RUNNING,)  # trials that take a place among --trials
-HEARTBEAT_S, GRACE_S = 60, 180  # a trial whose process died (kill -9) is marked failed after GRACE_S
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
-from . import checkpoint, parallel, plan, report, runtime
+from . import checkpoint, folders, parallel, plan, report, runtime
 from .config import ENSEMBLES, RUNS_DIR, SUBMISSION, Config
 from .data import TrainingData, load_training_data
 from .errors import CompetitionError, TrainingFailed, TrainingInterrupted
@@ -111,9 +111,9 @@ def resume(run_dir: Union[str, Path], epochs: Optional[int] = None, node_rank: O
     """Continue an interrupted (or extend a finished) run from its last finished epoch; then write its report
     (node 0). A multi-node run resumes with every node started again, as for fit()."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not (run_dir / folders.CONFIG_JSON).is_file():
         raise CompetitionError(f"{run_dir}: not a run folder (no config.json); nothing to resume.")
-    config = Config.load(run_dir / "config.json")
+    config = Config.load(run_dir / folders.CONFIG_JSON)
     done = len(checkpoint.read_summary(run_dir)) if (run_dir / "summary.csv").is_file() else 0
     if epochs is not None and epochs < done:
         raise CompetitionError(f"--epochs {epochs} is fewer than the {done} epochs {run_dir} has done; "
@@ -157,7 +157,7 @@ def submit(run: Union[Run, list[Run], None] = None, tta: Union[bool, int] = 6,
     views = (2 if tta else 1) if isinstance(tta, bool) else int(tta)
     if views not in TTA_VIEWS:
         raise CompetitionError(f"tta={tta!r}: expected one of {', '.join(map(str, TTA_VIEWS))} views (or True).")
-    runs = run if isinstance(run, list) else [run] if run is not None else [checkpoint.newest_run(runs_dir)]
+    runs = run if isinstance(run, list) else [run] if run is not None else [folders.newest_run(runs_dir)]
     run_dirs = [_folder(r) for r in runs]
     return predict_run(run_dirs, load_test_table(test, data_dir), Path(out), tta=views)
 
@@ -190,7 +190,7 @@ class Report:
 
 def view_report(run: Optional[Run] = None, runs_dir: str = RUNS_DIR) -> Report:
     """(Re)write a run's report from its folder alone and return it for display."""
-    run_dir = _folder(run) if run else checkpoint.newest_run(runs_dir)
+    run_dir = _folder(run) if run else folders.newest_run(runs_dir)
     return Report(Path(run_dir), report.write_report(run_dir))
 
 
@@ -213,7 +213,7 @@ def _start(config: Config, run_dir: Optional[Path] = None, data: Optional[Traini
     `run_dir`)."""
     config, ran, data = prepare(config, data)
     if run_dir is None:
-        run_dir = checkpoint.create_run_dir(config.runs_dir, config.model)
+        run_dir = folders.create(config.runs_dir, config.model)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save_run_files(run_dir, config, ran)

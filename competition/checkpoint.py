@@ -4,16 +4,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import logging
 import math
 import pickle
 import random
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -22,6 +20,7 @@ from paddle import nn
 
 from .config import Config
 from .errors import CompetitionError
+from .folders import CHECKPOINT, CONFIG_JSON, VALIDATION
 from .files import atomic_dir_prefix, atomic_path  # atomic_path is also used by predict and report
 from .models import build_model
 from .progress import ProgressFile
@@ -30,12 +29,8 @@ from .runtime import Runtime
 log = logging.getLogger("competition")
 
 SUMMARY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
-CHECKPOINT = "best"  # best.pdparams: the weights of the best epoch (the EMA's when --ema is on)
 LAST = "last.ckpt"  # everything needed to resume after the last finished epoch
-VALIDATION = "validation.npz"  # the validation rows and the best checkpoint's probabilities on them
 VALIDATION_JSON = "validation.json"  # {"val_acc": …, "val_acc_tta": …} of the best checkpoint (the report's)
-CV_JSON = "cv.json"  # marks a cv folder (competition cv): its configuration, then its figures
-ENSEMBLE_JSON = "ensemble.json"  # marks an ensemble folder (an ensemble preset): its members' configurations
 
 
 @dataclass
@@ -176,25 +171,9 @@ def _log_to(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def create_run_dir(runs_dir: str, model: str) -> Path:
-    """A new, empty runs/<timestamp>-<model>/ folder (suffixed if the name is taken)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for attempt in range(1, 100):
-        suffix = "" if attempt == 1 else f"-{attempt}"
-        run_dir = Path(runs_dir) / f"{stamp}-{model}{suffix}"
-        try:
-            run_dir.mkdir(parents=True)
-            return run_dir
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise CompetitionError(f"{runs_dir}: cannot create a run folder ({exc.strerror}).") from None
-    raise CompetitionError(f"{runs_dir}: too many runs named {stamp}-{model}.")
-
-
 def save_config(run_dir: Path, config: Config) -> None:
     """Write config.json, which is enough to rebuild the model."""
-    with atomic_path(run_dir / "config.json") as tmp:
+    with atomic_path(run_dir / CONFIG_JSON) as tmp:
         config.save(tmp)
 
 
@@ -301,10 +280,10 @@ def load_model(run_dir: Path) -> tuple[nn.Layer, Config]:
     """Rebuild a run's model from its folder alone, in eval mode."""
     run_dir = Path(run_dir)
     params = run_dir / f"{CHECKPOINT}.pdparams"
-    if not (run_dir / "config.json").is_file() or not params.is_file():
+    if not (run_dir / CONFIG_JSON).is_file() or not params.is_file():
         raise CompetitionError(f"{run_dir}: not a finished run folder; expected config.json "
                                f"and {params.name}.")
-    config = Config.load(run_dir / "config.json")
+    config = Config.load(run_dir / CONFIG_JSON)
     model = build_model(config.model, **config.model_options())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Paddle warns per skipped tensor; one error below says it all
@@ -332,81 +311,3 @@ def save_inference(model: nn.Layer, folder: Path) -> Path:
     with atomic_dir_prefix(folder, INFERENCE) as prefix:
         paddle.jit.save(model, str(prefix), input_spec=spec)
     return folder / INFERENCE
-
-
-def newest_run(runs_dir: str) -> Path:
-    """The most recent run folder with a checkpoint, or finished ensemble folder."""
-    runs = [p.parent for p in Path(runs_dir).glob(f"*/{CHECKPOINT}.pdparams")]
-    runs += [p.parent for p in Path(runs_dir).glob(f"*/{ENSEMBLE_JSON}") if "figures" in read_ensemble_record(p.parent)]
-    if not runs:
-        raise CompetitionError(f"no trained run in {runs_dir}/; train one first "
-                               "(competition train) or pass --run DIR.")
-    # a finished ensemble rewrote its ensemble.json after its members' runs
-    stamp = lambda p: ((p / (ENSEMBLE_JSON if is_ensemble_dir(p) else "config.json")).stat().st_mtime, p.name)  # noqa: E731
-    return max(runs, key=stamp)
-
-
-def is_cv_dir(folder: Path) -> bool:
-    """Whether `folder` is a cv folder (competition cv) rather than a run folder."""
-    return (Path(folder) / CV_JSON).is_file()
-
-
-def fold_dir(cv_dir: Path, fold: int) -> Path:
-    """The run folder of fold `fold` (1..K) of a cv folder."""
-    return Path(cv_dir) / f"fold{fold}"
-
-
-def read_cv_record(cv_dir: Path) -> dict:
-    """cv.json: {"config": the cv's configuration, then its figures once it has finished}."""
-    return _read_record(Path(cv_dir) / CV_JSON, "a cv record", lambda record: [record["config"]])
-
-
-def fold_dirs(cv_dir: Path) -> list[Path]:
-    """A finished cv folder's fold run folders, in fold order; refused while a fold is unfinished."""
-    folds = read_cv_record(cv_dir)["config"]["folds"]
-    dirs = [fold_dir(cv_dir, fold) for fold in range(1, folds + 1)]
-    unfinished = [d.name for d in dirs if not (d / VALIDATION).is_file()]
-    if unfinished:
-        raise CompetitionError(f"{cv_dir}: {', '.join(unfinished)} of its {folds} folds have not finished; "
-                               f"continue with: competition cv --resume {cv_dir}")
-    return dirs
-
-
-def is_ensemble_dir(folder: Path) -> bool:
-    """Whether `folder` is an ensemble folder (an ensemble preset's runs) rather than a run folder."""
-    return (Path(folder) / ENSEMBLE_JSON).is_file()
-
-
-def member_dir(ens_dir: Path, member: int) -> Path:
-    """The run folder of member `member` (1..M) of an ensemble folder."""
-    return Path(ens_dir) / f"member{member}"
-
-
-def read_ensemble_record(ens_dir: Path) -> dict:
-    """ensemble.json: {"preset", "members": their configurations, then "figures" once it has finished}."""
-    return _read_record(Path(ens_dir) / ENSEMBLE_JSON, "an ensemble record", lambda record: record["members"])
-
-
-def _read_record(path: Path, what: str, configs: Callable[[dict], list]) -> dict:
-    """A cv's or an ensemble's JSON record, with its configurations (`configs` of it) checked."""
-    try:
-        record = json.loads(path.read_text())
-        for values in configs(record):
-            Config.from_dict(values, source=path)
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
-        raise CompetitionError(f"{path}: cannot be read as {what} ({exc}).") from None
-    return record
-
-
-def member_runs(folder: Path) -> list[Path]:
-    """The run folders that a cv folder (its folds) or an ensemble folder (its members) averages, each
-    finished; [folder] for a run folder."""
-    if is_cv_dir(folder):
-        return fold_dirs(folder)
-    if not is_ensemble_dir(folder):
-        return [Path(folder)]
-    record = read_ensemble_record(folder)
-    if "figures" not in record:
-        raise CompetitionError(f"{folder}: its members have not all finished; "
-                               f"continue with: competition train --resume {folder}")
-    return [member_dir(folder, k) for k in range(1, len(record["members"]) + 1)]

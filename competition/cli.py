@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from . import api, checkpoint, cv, ensemble, parallel, plan, report, submission, tune
+from . import api, cv, ensemble, folders, parallel, plan, report, submission, tune
 from .bench import BenchSettings, run_bench
 from .config import (BUDGETS, CONV_CHOICES, ENSEMBLES, FOLDS, OPTIMIZERS, PRECISIONS, PRESETS, RUNS_DIR,
                      SCHEDULES, SUBMISSION, Config, from_preset)
@@ -256,7 +256,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             names = ", ".join("--" + name.replace("_", "-") for name in fixed)
             raise CompetitionError(f"--resume continues {run} with its saved configuration (nodes included); "
                                    f"drop {names} (only --epochs, --node-rank and --master may be given).")
-        if checkpoint.is_ensemble_dir(Path(run)):
+        if folders.is_ensemble(Path(run)):
             if given or node_rank is not None or master:
                 raise CompetitionError(f"--resume {run} continues an ensemble with its saved configuration; "
                                        "drop --epochs, --node-rank and --master.")
@@ -325,15 +325,15 @@ def cmd_cv(args: argparse.Namespace) -> int:
     elif given:
         names = ", ".join("--" + name.replace("_", "-") for name in sorted(given))
         raise CompetitionError(f"--resume continues {cv_dir} with its saved configuration; drop {names}.")
-    elif not checkpoint.is_cv_dir(Path(cv_dir)):
-        raise CompetitionError(f"{cv_dir}: not a cv folder (no {checkpoint.CV_JSON}); nothing to resume.")
+    elif not folders.is_cv(Path(cv_dir)):
+        raise CompetitionError(f"{cv_dir}: not a cv folder (no {folders.CV_JSON}); nothing to resume.")
     result = cv.run_cv(Path(cv_dir))
     for fold in result.folds:
         print(f"{fold['run']}: validation accuracy {accuracy_text(fold['val_acc'], fold['rows'])}, "
               f"epoch {fold['best_epoch']}")
     print(cv_line(result))
     if views:
-        data_dir = checkpoint.read_cv_record(result.cv_dir)["config"]["data_dir"]  # the cv's, for the test file too
+        data_dir = folders.read_cv_record(result.cv_dir)["config"]["data_dir"]  # the cv's, for the test file too
         written = api.submit([result.cv_dir], tta=views, out=out, test=test, data_dir=data_dir)
         print(f"submission: {written.path} ({written.rows} rows; archived as {written.archived})")
     if planned is not None:
@@ -390,7 +390,7 @@ def cv_line(result: "cv.CvResult") -> str:
 
 
 def _run_dirs(args: argparse.Namespace) -> list[Path]:
-    return [Path(run) for run in args.run] if args.run else [checkpoint.newest_run(args.runs_dir)]
+    return [Path(run) for run in args.run] if args.run else [folders.newest_run(args.runs_dir)]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -400,8 +400,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tta = {1: "", 2: " with mirrored test images (TTA)"}.get(args.tta,
                                                            f" with {args.tta} views of each test image (TTA)")
     what = f"run {run_dirs[0]}"
-    if checkpoint.is_ensemble_dir(run_dirs[0]):
-        what = f"ensemble {run_dirs[0]} ({len(checkpoint.member_runs(run_dirs[0]))} runs averaged)"
+    if folders.is_ensemble(run_dirs[0]):
+        what = f"ensemble {run_dirs[0]} ({len(folders.member_runs(run_dirs[0]))} runs averaged)"
     if len(run_dirs) > 1:
         print(f"ensemble of {len(run_dirs)} runs{tta}: {', '.join(map(str, run_dirs))}")
         if result.val_acc is None:
@@ -411,7 +411,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"; {accuracy_text(result.val_acc_tta, result.val_rows)} with TTA"
             print(f"validation accuracy on the rows the runs share: {accuracy_text(result.val_acc, result.val_rows)}"
                   f"{with_tta}")
-    elif checkpoint.is_cv_dir(run_dirs[0]):
+    elif folders.is_cv(run_dirs[0]):
         found = cv.read_result(run_dirs[0])
         print(f"{len(found.folds)}-fold ensemble{tta}: {cv_line(found)}")
     elif result.val_acc is None:

@@ -17,8 +17,9 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from . import api, checkpoint, predict, report
-from .checkpoint import CV_JSON, Validation
+from . import api, checkpoint, folders, predict, report
+from .checkpoint import Validation
+from .folders import CV_JSON
 from .config import Config
 from .data import CLASS_NAMES, holdout_split, load_training_table
 from .errors import CompetitionError
@@ -51,7 +52,7 @@ def start_cv(config: Config) -> Path:
     if config.nnodes > 1:
         raise CompetitionError("competition cv runs on one machine; drop --nnodes (each fold uses every core).")
     api.prepare(dataclasses.replace(config, fold=1))  # bad options, data or a too-large --holdout fail here
-    cv_dir = checkpoint.create_run_dir(config.runs_dir, f"cv-{config.model}")
+    cv_dir = folders.create(config.runs_dir, f"cv-{config.model}")
     _write_record(cv_dir, {"config": config.to_dict()})
     log.info("cv of %d folds in %s", config.folds, cv_dir)
     return cv_dir
@@ -64,7 +65,7 @@ def run_cv(cv_dir: Path) -> CvResult:
     continues from there, skipping finished folds, and ends with the same result as an unstopped cv.
     """
     cv_dir = Path(cv_dir)
-    config = Config.from_dict(checkpoint.read_cv_record(cv_dir)["config"], source=cv_dir / CV_JSON)
+    config = Config.from_dict(folders.read_cv_record(cv_dir)["config"], source=cv_dir / CV_JSON)
     for fold in range(1, config.folds + 1):
         _train_fold(cv_dir, config, fold)
     return finish_cv(cv_dir)
@@ -72,8 +73,8 @@ def run_cv(cv_dir: Path) -> CvResult:
 
 def _train_fold(cv_dir: Path, config: Config, fold: int) -> None:
     """Train fold `fold` to its end: start it, resume it, or nothing when it has finished."""
-    run_dir = checkpoint.fold_dir(cv_dir, fold)
-    if (run_dir / checkpoint.VALIDATION).is_file():
+    run_dir = folders.fold_dir(cv_dir, fold)
+    if (run_dir / folders.VALIDATION).is_file():
         return
     log.info("cv %s: fold %d of %d", cv_dir.name, fold, config.folds)
     config = dataclasses.replace(config, fold=fold, extra={**config.extra, "cv": cv_dir.name})
@@ -84,9 +85,9 @@ def _train_fold(cv_dir: Path, config: Config, fold: int) -> None:
 def finish_cv(cv_dir: Path) -> CvResult:
     """From finished folds: oof.csv, the held-out rows' scores, cv.json's figures and report.md."""
     cv_dir = Path(cv_dir)
-    record = checkpoint.read_cv_record(cv_dir)
+    record = folders.read_cv_record(cv_dir)
     config = Config.from_dict(record["config"])
-    run_dirs = checkpoint.fold_dirs(cv_dir)
+    run_dirs = folders.fold_dirs(cv_dir)
     validations = [Validation.load(run_dir) for run_dir in run_dirs]
     oof = out_of_fold_table(validations)
     with checkpoint.atomic_path(cv_dir / OOF_CSV) as tmp:
@@ -161,7 +162,7 @@ def cv_markdown_rows(result: CvResult) -> list[list[str]]:
 
 def read_result(cv_dir: Path) -> Optional[CvResult]:
     """A finished cv's figures from its cv.json; None while it is unfinished."""
-    record = checkpoint.read_cv_record(cv_dir)
+    record = folders.read_cv_record(cv_dir)
     if "out_of_fold" not in record:
         return None
     oof = record["out_of_fold"]

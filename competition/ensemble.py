@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import api, checkpoint, predict
-from .checkpoint import ENSEMBLE_JSON
+from . import api, checkpoint, folders, predict
+from .folders import ENSEMBLE_JSON
 from .config import ENSEMBLES, Config, from_preset
 from .errors import CompetitionError
 from .train import RunResult, run_result
@@ -39,7 +39,7 @@ def start_ensemble(preset: str, options: dict[str, Any], configs: Optional[list[
     if configs[0].nnodes > 1:
         raise CompetitionError(f"preset {preset} trains on one machine; drop --nnodes (each member uses every core).")
     configs = [api.prepare(config)[0] for config in configs]  # bad options, data or runtime fail here, first
-    ens_dir = checkpoint.create_run_dir(configs[0].runs_dir, f"ensemble-{preset}")
+    ens_dir = folders.create(configs[0].runs_dir, f"ensemble-{preset}")
     _write_record(ens_dir, {"preset": preset, "members": [c.to_dict() for c in configs], "finished": {}})
     log.info("ensemble %s of %s in %s", preset, " and ".join(str(c.preset) for c in configs), ens_dir)
     return ens_dir
@@ -52,9 +52,9 @@ def run_ensemble(ens_dir: Path) -> EnsembleResult:
     finished members, and ends with the same result as an unstopped ensemble.
     """
     ens_dir = Path(ens_dir)
-    record = checkpoint.read_ensemble_record(ens_dir)
+    record = folders.read_ensemble_record(ens_dir)
     configs = [Config.from_dict(values) for values in record["members"]]
-    run_dirs = [checkpoint.member_dir(ens_dir, k) for k in range(1, len(configs) + 1)]
+    run_dirs = [folders.member_dir(ens_dir, k) for k in range(1, len(configs) + 1)]
     for k, (config, run_dir) in enumerate(zip(configs, run_dirs), start=1):
         if run_dir.name in record["finished"]:
             continue

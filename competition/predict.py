@@ -16,7 +16,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from . import checkpoint, parallel, submission
+from . import checkpoint, folders, parallel, submission
 from .data import (EVAL_BATCH, SIDE, TEST_FILE, FashionMNIST, ImageTable, data_file, make_loader,
                    read_test_csv)
 from .errors import CompetitionError
@@ -179,7 +179,7 @@ def run_probs(run_dir: Path, images: np.ndarray, tta: int = 1) -> np.ndarray:
     """A run's probabilities (exported inference model, else dygraph), averaged over `tta` views (1, 2 or 6);
     for a cv folder, its folds' combined by average_probs (a K-fold ensemble); for an ensemble folder, its
     members'."""
-    members = checkpoint.member_runs(run_dir)
+    members = folders.member_runs(run_dir)
     if members != [Path(run_dir)]:
         return average_probs([run_probs(member, images, tta) for member in members])
     return probs_by_views(functools.partial(model_probs, Path(run_dir)), images, (tta,))[tta]
@@ -229,7 +229,7 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
     labels = ensemble_probs(runs, table.images, tta).argmax(1)
     frame = submission_frame(table, labels)
     write_submission(frame, out)
-    single = len(runs) == 1 and checkpoint.member_runs(runs[0]) == runs
+    single = len(runs) == 1 and folders.member_runs(runs[0]) == runs
     val_acc = checkpoint.best_val_acc(runs[0]) if single else None
     stem = _archive_stem(runs, val_acc) + {1: "", 2: "-tta"}.get(tta, f"-tta{tta}")
     archived = archive_submission(out, Path(out).parent, stem)
@@ -257,7 +257,7 @@ def shared_validation(runs: list[Path], tta: int = 1) -> Optional[tuple[float, O
 def _validation(run: Path) -> Optional[checkpoint.Validation]:
     """A run's validation.npz; for an ensemble folder its members' averaged (they validate on the same
     rows); None for a cv folder (no rows that all folds validate on) or without a split."""
-    members = checkpoint.member_runs(run) if checkpoint.is_ensemble_dir(run) else [run]
+    members = folders.member_runs(run) if folders.is_ensemble(run) else [run]
     return _averaged([checkpoint.Validation.load(member) for member in members])
 
 
@@ -277,9 +277,9 @@ def _averaged(found: list[Optional[checkpoint.Validation]]) -> Optional[checkpoi
 
 
 def _archive_stem(runs: list[Path], val_acc: Optional[float]) -> str:
-    if len(runs) == 1 and checkpoint.is_cv_dir(runs[0]):
-        return f"{runs[0].name}-{len(checkpoint.fold_dirs(runs[0]))}fold-ensemble"
-    if len(runs) == 1 and checkpoint.is_ensemble_dir(runs[0]):
+    if len(runs) == 1 and folders.is_cv(runs[0]):
+        return f"{runs[0].name}-{len(folders.fold_dirs(runs[0]))}fold-ensemble"
+    if len(runs) == 1 and folders.is_ensemble(runs[0]):
         return runs[0].name  # runs/<time>-ensemble-<preset>
     if len(runs) == 1:
         return f"{runs[0].name}-{'noval' if val_acc is None else f'val{val_acc:.4f}'}"

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from . import checkpoint  # noqa: E402
+from . import checkpoint, folders  # noqa: E402
 from .checkpoint import VALIDATION_JSON, Validation  # noqa: E402
 from .config import Config  # noqa: E402
 from .data import CLASS_NAMES, SIDE, ImageTable  # noqa: E402
@@ -267,7 +267,7 @@ def write_report(run_dir: Path) -> list[Path]:
     the validation rows and the best checkpoint's probabilities on them are in validation.npz)."""
     run_dir = Path(run_dir)
     summary = checkpoint.read_summary(run_dir)
-    config = Config.load(run_dir / "config.json")
+    config = Config.load(run_dir / folders.CONFIG_JSON)
     written = [plot_curves(summary, read_steps(run_dir), run_dir / CURVES)]
     val = Validation.load(run_dir) if has_validation(summary) else None
     table = None if val is None else per_class_table(val.labels, val.preds)
@@ -383,7 +383,7 @@ def write_cv_report(cv_dir: Path, run_dirs: list[Path], oof: pd.DataFrame, rows:
     compare_runs(run_dirs, cv_dir / CURVES)
     written = [cv_dir / CURVES, plot_confusion(oof["label"], oof["pred"], cv_dir / CONFUSION),
                plot_per_class(table, cv_dir / PER_CLASS_PNG)]
-    config = Config.load(run_dirs[0] / "config.json")
+    config = Config.load(run_dirs[0] / folders.CONFIG_JSON)
     parts = [f"# Cross-validation `{cv_dir.name}`: {len(run_dirs)} folds of `{config.model}`",
              "Each training row validates in exactly one fold; the out-of-fold accuracy scores every fold's best "
              "checkpoint on its own validation rows. Held-out rows (`--holdout`) trained and validated no fold.",
@@ -432,7 +432,7 @@ def compare_runs(run_dirs: list[Path], out: Path) -> pd.DataFrame:
 
 
 def _compare_row(run_dir: Path, summary: pd.DataFrame) -> dict[str, Any]:
-    config = Config.load(run_dir / "config.json")
+    config = Config.load(run_dir / folders.CONFIG_JSON)
     best = checkpoint.best_row(summary)
     return {"run": run_dir.name, "model": config.model,
             "best_epoch": math.nan if best is None else int(best["epoch"]),

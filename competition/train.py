@@ -19,7 +19,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from . import checkpoint, kernels, parallel, plan, predict, runtime
+from . import checkpoint, folders, kernels, parallel, plan, predict, runtime
 from .checkpoint import RunWriter, TrainState, Validation
 from .config import Config
 from .data import (EVAL_BATCH, Augment, FashionMNIST, ImageTable, TrainingData, load_training_data,
@@ -222,7 +222,7 @@ def evaluate(model: nn.Layer, loader: paddle.io.DataLoader) -> dict[str, float]:
 def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] = None) -> RunResult:
     """Train the run folder's configuration on its runtime, alone or as one rank of several processes."""
     run_dir = Path(run_dir)
-    config = Config.load(run_dir / "config.json").validate()
+    config = Config.load(run_dir / folders.CONFIG_JSON).validate()
     ran = runtime.Runtime.load(run_dir)
     parallel.init()
     cpu_kernels = runtime.apply(ran)

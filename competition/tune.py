@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional, Sequence
 import optuna
 import pandas as pd
 
-from . import api, checkpoint, parallel
+from . import api, checkpoint, folders, parallel
 from .config import Config
 from .errors import CompetitionError, TrainingInterrupted
 from .files import exclusive
@@ -223,7 +223,7 @@ def run_trial(trial: optuna.Trial, base: Config, fixed: dict[str, Any], trials: 
     config = dataclasses.replace(base, **suggest(trial, base, list(fixed)), minutes=None,  # a trial is its recipe
                                  extra={**base.extra, "tune": {"study": trial.study.study_name,
                                                                "trial": trial.number}})
-    run_dir = checkpoint.create_run_dir(str(study_dir), f"trial{trial.number}")
+    run_dir = folders.create(str(study_dir), f"trial{trial.number}")
     trial.set_user_attr("run", str(run_dir))
     log.info("trial %d of study %s: %s", trial.number, trial.study.study_name,
              ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()))

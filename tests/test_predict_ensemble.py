@@ -9,7 +9,7 @@ import pandas as pd
 import paddle
 import pytest
 
-from competition import checkpoint, predict
+from competition import checkpoint, folders, predict
 from competition.data import read_test_csv, read_train_csv
 from competition.errors import CompetitionError
 from competition.predict import accuracy_on, average_probs, ensemble_probs, flip_images, predict_run, run_probs
@@ -25,7 +25,7 @@ def other_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with paddle.no_grad():
         for param in model.parameters():
             param.set_value(param + 0.05 * paddle.randn(param.shape))
-    paddle.save(model.state_dict(), str(run_dir / f"{checkpoint.CHECKPOINT}.pdparams"))
+    paddle.save(model.state_dict(), str(run_dir / f"{folders.CHECKPOINT}.pdparams"))
     checkpoint.save_inference(model, run_dir)
     return run_dir
 

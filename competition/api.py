@@ -22,7 +22,8 @@ from .data import TrainingData, load_training_data
 from .errors import CompetitionError, TrainingFailed, TrainingInterrupted
 from .models import build_model
 from .parallel import Nodes
-from .predict import TTA_VIEWS, Submission, load_test_table, predict_run
+from .predict import Submission, load_test_table, predict_run
+from .stats import VIEWS
 from .train import RunResult, run_result, train_run  # noqa: F401  (RunResult: part of the API)
 
 if TYPE_CHECKING:
@@ -151,12 +152,12 @@ def submit(run: Union[Run, list[Run], None] = None, tta: Union[bool, int] = 6,
            runs_dir: str = RUNS_DIR) -> Submission:
     """Write the submission of a run (default: the newest in runs_dir), or of several runs' average.
 
-    `tta`: views of each test image averaged, 1, 2 or 6 (default 6, what `bash run.sh` submits; True: 2, the
-    image and its mirror; False: 1).
+    `tta`: views of each test image averaged, 1, 2 (the image and its mirror) or 6 (both, and both moved by a
+    pixel; the default, what `bash run.sh` submits); True means 6 as `--tta` alone does, False 1.
     """
-    views = (2 if tta else 1) if isinstance(tta, bool) else int(tta)
-    if views not in TTA_VIEWS:
-        raise CompetitionError(f"tta={tta!r}: expected one of {', '.join(map(str, TTA_VIEWS))} views (or True).")
+    views = (6 if tta else 1) if isinstance(tta, bool) else int(tta)
+    if views not in VIEWS:
+        raise CompetitionError(f"tta={tta!r}: expected one of {', '.join(map(str, VIEWS))} views (or True).")
     runs = run if isinstance(run, list) else [run] if run is not None else [folders.newest_run(runs_dir)]
     run_dirs = [_folder(r) for r in runs]
     return predict_run(run_dirs, load_test_table(test, data_dir), Path(out), tta=views)

@@ -25,12 +25,13 @@ from .files import atomic_dir_prefix, atomic_path  # atomic_path is also used by
 from .models import build_model
 from .progress import ProgressFile
 from .runtime import Runtime
+from .stats import views_key
 
 log = logging.getLogger("competition")
 
 SUMMARY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 LAST = "last.ckpt"  # everything needed to resume after the last finished epoch
-VALIDATION_JSON = "validation.json"  # {"val_acc": …, "val_acc_tta": …} of the best checkpoint (the report's)
+VALIDATION_JSON = "validation.json"  # {"val_acc": …, "val_acc_tta2": …} of the best checkpoint (the report's)
 
 
 @dataclass
@@ -54,6 +55,9 @@ class TrainState:
         return improved
 
 
+_OLD_NAMES = {"tta_probs": "tta2_probs"}  # validation.npz from before views had one name
+
+
 @dataclass
 class Validation:
     """A run's validation rows and the best checkpoint's probabilities on them (validation.npz)."""
@@ -62,7 +66,7 @@ class Validation:
     images: np.ndarray  # uint8 [N, 784]
     labels: np.ndarray  # int64 [N]
     probs: np.ndarray  # float32 [N, 10]
-    tta_probs: np.ndarray  # the same averaged with the mirrored images' (predict --tta)
+    tta2_probs: np.ndarray  # the same averaged over two views: the images and their mirrors (predict --tta 2)
     tta6_probs: Optional[np.ndarray] = None  # over six views: mirrors and 1-pixel shifts (predict --tta 6)
 
     @property
@@ -70,13 +74,15 @@ class Validation:
         """Predicted classes [N]."""
         return self.probs.argmax(axis=1)
 
+    def by_views(self) -> dict[int, np.ndarray]:
+        """The probabilities saved for each number of test-time views (1, 2, and 6 when saved)."""
+        found = {1: self.probs, 2: self.tta2_probs, 6: self.tta6_probs}
+        return {views: probs for views, probs in found.items() if probs is not None}
+
     def accuracies(self) -> dict[str, float]:
-        """Accuracy without and with test-time augmentation (flip; six views when saved)."""
-        scores = {"val_acc": float((self.preds == self.labels).mean()),
-                  "val_acc_tta": float((self.tta_probs.argmax(axis=1) == self.labels).mean())}
-        if self.tta6_probs is not None:
-            scores["val_acc_tta6"] = float((self.tta6_probs.argmax(axis=1) == self.labels).mean())
-        return scores
+        """Accuracy over each saved number of views: val_acc, val_acc_tta2 and val_acc_tta6."""
+        return {views_key("val_acc", views): float((probs.argmax(axis=1) == self.labels).mean())
+                for views, probs in self.by_views().items()}
 
     def save(self, run_dir: Path) -> None:
         """Write validation.npz (compressed: 10,000 rows take about 3 MB)."""
@@ -92,7 +98,8 @@ class Validation:
             return None
         try:
             with np.load(path, allow_pickle=False) as saved:  # tta6_probs: not in files from before it
-                return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved.files})
+                arrays = {_OLD_NAMES.get(name, name): saved[name] for name in saved.files}
+                return cls(**{f.name: arrays[f.name] for f in dataclasses.fields(cls) if f.name in arrays})
         except (OSError, ValueError, KeyError) as exc:
             raise CompetitionError(f"{path}: cannot be read ({exc}); train --resume the run to write it again.") \
                 from None

@@ -23,8 +23,8 @@ from .data import TRAIN_FILE, data_file, read_train_csv
 from .errors import CompetitionError
 from .logs import setup_logging
 from .models import MODELS, build_model
-from .predict import TTA_VIEWS, accuracy_on, load_test_table
-from .stats import accuracy_text
+from .predict import accuracy_on, load_test_table
+from .stats import VIEWS, accuracy_text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,7 +76,7 @@ def _cv_parser(sub: argparse._SubParsersAction) -> None:
                    f"default {FOLDS})")
     p.add_argument("--holdout", type=int, metavar="N", help="stratified rows kept out of every fold, to score the "
                    "fold ensemble on (the rows `train --val-size N` with the same --seed validates on)")
-    p.add_argument("--submit", type=int, nargs="?", const=6, choices=TTA_VIEWS, metavar="VIEWS",
+    p.add_argument("--submit", type=int, nargs="?", const=6, choices=VIEWS, metavar="VIEWS",
                    help="then write the fold ensemble's submission with VIEWS-view TTA (6 when alone)")
     p.add_argument("--out", metavar="FILE", help=f"with --submit (default {SUBMISSION})")
     p.add_argument("--test", metavar="FILE", help="with --submit: test CSV (default: found in the data dirs)")
@@ -156,9 +156,9 @@ def _predict_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="write a submission CSV for the unlabeled test file")
     p.add_argument("--run", metavar="DIR", action="append", help="run folder (default: the newest in "
                    "--runs-dir); repeat it to average several runs' probabilities (an ensemble)")
-    p.add_argument("--tta", type=int, nargs="?", const=2, default=1, choices=TTA_VIEWS, metavar="VIEWS",
+    p.add_argument("--tta", type=int, nargs="?", const=6, default=1, choices=VIEWS, metavar="VIEWS",
                    help="average the predictions of several views of each test image: 2 (the image and its "
-                   "mirror; --tta alone) or 6 (both, and both moved by one pixel)")
+                   "mirror) or 6 (both, and both moved by one pixel; --tta alone, what bash run.sh submits)")
     p.add_argument("--test", metavar="FILE", help="test CSV (default: found in the data dirs)")
     p.add_argument("--out", metavar="FILE", default=SUBMISSION, help=f"default {SUBMISSION}")
     p.add_argument("--data-dir", metavar="DIR", help="where the contest files are (or env FMNIST_DATA)")
@@ -167,7 +167,7 @@ def _predict_parsers(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="accuracy of a run on a test file that has a label column")
     e.add_argument("--run", metavar="DIR", action="append", help="run folder (default: the newest); "
                    "repeat it for an ensemble")
-    e.add_argument("--tta", type=int, nargs="?", const=2, default=1, choices=TTA_VIEWS, metavar="VIEWS",
+    e.add_argument("--tta", type=int, nargs="?", const=6, default=1, choices=VIEWS, metavar="VIEWS",
                    help="as predict --tta")
     e.add_argument("--test", metavar="FILE", required=True, help="labeled test CSV")
     e.add_argument("--runs-dir", default=RUNS_DIR, metavar="DIR", help=f"default {RUNS_DIR}/")
@@ -275,7 +275,7 @@ def _print_run(result: "api.RunResult", node_rank: Optional[int]) -> int:
     else:
         print(report.format_per_class(pd.read_csv(result.run_dir / report.PER_CLASS_CSV)))
         rows = result.val_rows
-        tta = (f"; with flip TTA {accuracy_text(result.val_acc_tta, rows)}" if result.val_acc_tta is not None
+        tta = (f"; with flip TTA {accuracy_text(result.val_acc_tta2, rows)}" if result.val_acc_tta2 is not None
                else "")
         if result.val_acc_tta6 is not None:
             tta += f"; with 6-view TTA {accuracy_text(result.val_acc_tta6, rows)}"
@@ -296,7 +296,7 @@ def _print_ensemble(result: "ensemble.EnsembleResult") -> int:
     else:
         fig = result.figures
         print(f"ensemble of {len(result.members)} (probabilities averaged): validation accuracy "
-              f"{accuracy_text(fig['acc'], fig['rows'])}; with flip TTA {fig['acc_tta']:.2%}; with 6-view TTA "
+              f"{accuracy_text(fig['acc'], fig['rows'])}; with flip TTA {fig['acc_tta2']:.2%}; with 6-view TTA "
               f"{fig['acc_tta6']:.2%}; ensemble folder: {result.ens_dir}")
     return 0
 
@@ -379,7 +379,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cv_line(result: "cv.CvResult") -> str:
     """One line of a finished cv's figures: out-of-fold accuracy and, with --holdout, the ensemble's."""
     line = (f"out-of-fold accuracy {accuracy_text(result.oof_acc, result.oof_rows)} "
-            f"({result.oof_acc_tta:.2%} with flip TTA)")
+            f"({result.oof_acc_tta2:.2%} with flip TTA)")
     if result.holdout:
         held = result.holdout
         singles = ", ".join(f"{acc:.2%}" for acc in held["fold_acc"])
@@ -407,8 +407,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if result.val_acc is None:
             print("validation accuracy: none (the runs validated on different rows)")
         else:
-            with_tta = "" if result.val_acc_tta is None else \
-                f"; {accuracy_text(result.val_acc_tta, result.val_rows)} with TTA"
+            with_tta = "" if result.val_acc_with_tta is None else \
+                f"; {accuracy_text(result.val_acc_with_tta, result.val_rows)} with TTA"
             print(f"validation accuracy on the rows the runs share: {accuracy_text(result.val_acc, result.val_rows)}"
                   f"{with_tta}")
     elif folders.is_cv(run_dirs[0]):
@@ -418,8 +418,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{what}{tta}: validation accuracy none (trained on every row)")
     elif not result.val_rows:  # a run from before validation.npz: no row count for an interval
         print(f"{what}{tta}: validation accuracy {result.val_acc:.4f}")
-    elif args.tta > 1 and result.val_acc_tta is not None:
-        print(f"{what}{tta}: validation accuracy {accuracy_text(result.val_acc_tta, result.val_rows)} "
+    elif args.tta > 1 and result.val_acc_with_tta is not None:
+        print(f"{what}{tta}: validation accuracy {accuracy_text(result.val_acc_with_tta, result.val_rows)} "
               f"with TTA ({result.val_acc:.2%} without)")
     else:
         print(f"{what}{tta}: validation accuracy {accuracy_text(result.val_acc, result.val_rows)}")

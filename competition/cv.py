@@ -23,14 +23,14 @@ from .folders import CV_JSON
 from .config import Config
 from .data import CLASS_NAMES, holdout_split, load_training_table
 from .errors import CompetitionError
-from .stats import accuracy_text, wilson_interval
+from .stats import VIEWS, accuracy_text, views_key, wilson_interval
 
 log = logging.getLogger("competition")
 
 OOF_CSV = "oof.csv"
 PROB_COLUMNS = [f"prob_{c}" for c in range(len(CLASS_NAMES))]
-TTA_PROB_COLUMNS = [f"tta_prob_{c}" for c in range(len(CLASS_NAMES))]
-OOF_COLUMNS = ["index", "label", "fold", "pred", "pred_tta"] + PROB_COLUMNS + TTA_PROB_COLUMNS
+TTA_PROB_COLUMNS = [f"tta2_prob_{c}" for c in range(len(CLASS_NAMES))]
+OOF_COLUMNS = ["index", "label", "fold", "pred", "pred_tta2"] + PROB_COLUMNS + TTA_PROB_COLUMNS
 
 
 @dataclass
@@ -38,9 +38,9 @@ class CvResult:
     """What a finished cv produced (cv.json's figures)."""
 
     cv_dir: Path
-    folds: list[dict[str, Any]]  # per fold: run, rows, val_acc, val_acc_tta, best_epoch, seconds
+    folds: list[dict[str, Any]]  # per fold: run, rows, val_acc, val_acc_tta2, best_epoch, seconds
     oof_acc: float  # out-of-fold accuracy over every row that validated (each row exactly once)
-    oof_acc_tta: float  # the same with flip TTA
+    oof_acc_tta2: float  # the same with flip TTA
     oof_rows: int
     holdout: Optional[dict[str, Any]] = None  # the fold ensemble (and each fold) on the held-out rows
 
@@ -94,7 +94,7 @@ def finish_cv(cv_dir: Path) -> CvResult:
         oof.to_csv(tmp, index=False)
     folds = [_fold_figures(run_dir, val) for run_dir, val in zip(run_dirs, validations)]
     result = CvResult(cv_dir, folds, float((oof["pred"] == oof["label"]).mean()),
-                      float((oof["pred_tta"] == oof["label"]).mean()), len(oof),
+                      float((oof["pred_tta2"] == oof["label"]).mean()), len(oof),
                       _holdout_figures(config, run_dirs) if config.holdout else None)
     _write_record(cv_dir, {**record, **_figures(result)})
     report.write_cv_report(cv_dir, run_dirs, oof, cv_markdown_rows(result))
@@ -106,8 +106,8 @@ def out_of_fold_table(validations: list[Validation]) -> pd.DataFrame:
     parts = []
     for fold, val in enumerate(validations, start=1):
         frame = pd.DataFrame({"index": val.indices, "label": val.labels, "fold": fold,
-                              "pred": val.probs.argmax(1), "pred_tta": val.tta_probs.argmax(1)})
-        probs = pd.DataFrame(np.hstack([val.probs, val.tta_probs]), columns=PROB_COLUMNS + TTA_PROB_COLUMNS)
+                              "pred": val.probs.argmax(1), "pred_tta2": val.tta2_probs.argmax(1)})
+        probs = pd.DataFrame(np.hstack([val.probs, val.tta2_probs]), columns=PROB_COLUMNS + TTA_PROB_COLUMNS)
         parts.append(pd.concat([frame, probs], axis=1))
     oof = pd.concat(parts, ignore_index=True).sort_values("index", kind="stable").reset_index(drop=True)
     if oof["index"].duplicated().any():
@@ -120,7 +120,7 @@ def _fold_figures(run_dir: Path, val: Validation) -> dict[str, Any]:
     best = checkpoint.best_row(summary)
     scores = val.accuracies()
     return {"run": run_dir.name, "rows": len(val.labels), "val_acc": scores["val_acc"],
-            "val_acc_tta": scores["val_acc_tta"], "best_epoch": int(best["epoch"]),
+            "val_acc_tta2": scores["val_acc_tta2"], "best_epoch": int(best["epoch"]),
             "seconds": float(summary["seconds"].sum())}
 
 
@@ -133,7 +133,8 @@ def _holdout_figures(config: Config, run_dirs: list[Path]) -> dict[str, Any]:
                for run_dir in run_dirs]
     accuracy = lambda probs: float((probs.argmax(1) == labels).mean())  # noqa: E731
     figures: dict[str, Any] = {"rows": len(rows)}
-    for views, key in ((1, "acc"), (2, "acc_tta"), (6, "acc_tta6")):
+    for views in VIEWS:
+        key = views_key("acc", views)
         figures[f"ensemble_{key}"] = accuracy(predict.average_probs([probs[views] for probs in by_fold]))
         figures[f"fold_{key}"] = [accuracy(probs[views]) for probs in by_fold]
     return figures
@@ -142,21 +143,21 @@ def _holdout_figures(config: Config, run_dirs: list[Path]) -> dict[str, Any]:
 def _figures(result: CvResult) -> dict[str, Any]:
     """cv.json's figures, each accuracy with its 95% interval."""
     oof = {"rows": result.oof_rows, "acc": result.oof_acc, "acc_interval": wilson_interval(result.oof_acc,
-           result.oof_rows), "acc_tta": result.oof_acc_tta}
+           result.oof_rows), "acc_tta2": result.oof_acc_tta2}
     return {"folds": result.folds, "out_of_fold": oof, "holdout": result.holdout}
 
 
 def cv_markdown_rows(result: CvResult) -> list[list[str]]:
     """The headline table of the cv's report.md: one row per fold, then out-of-fold and held-out figures."""
     rows = [[f["run"], f"{f['rows']:,}", accuracy_text(f["val_acc"], f["rows"], "table"),
-             f"{f['val_acc_tta']:.4f}", str(f["best_epoch"]), f"{f['seconds']:.0f}"] for f in result.folds]
+             f"{f['val_acc_tta2']:.4f}", str(f["best_epoch"]), f"{f['seconds']:.0f}"] for f in result.folds]
     rows.append(["**out of fold** (each row once)", f"{result.oof_rows:,}",
-                 accuracy_text(result.oof_acc, result.oof_rows, "table"), f"{result.oof_acc_tta:.4f}", "", ""])
+                 accuracy_text(result.oof_acc, result.oof_rows, "table"), f"{result.oof_acc_tta2:.4f}", "", ""])
     if result.holdout:
         held = result.holdout
         rows.append([f"**{len(result.folds)}-fold ensemble on held-out rows**", f"{held['rows']:,}",
                      accuracy_text(held["ensemble_acc"], held["rows"], "table"),
-                     f"{held['ensemble_acc_tta']:.4f} (six views {held['ensemble_acc_tta6']:.4f})", "", ""])
+                     f"{held['ensemble_acc_tta2']:.4f} (six views {held['ensemble_acc_tta6']:.4f})", "", ""])
     return rows
 
 
@@ -166,7 +167,7 @@ def read_result(cv_dir: Path) -> Optional[CvResult]:
     if "out_of_fold" not in record:
         return None
     oof = record["out_of_fold"]
-    return CvResult(Path(cv_dir), record["folds"], oof["acc"], oof["acc_tta"], oof["rows"], record["holdout"])
+    return CvResult(Path(cv_dir), record["folds"], oof["acc"], oof["acc_tta2"], oof["rows"], record["holdout"])
 
 
 def _write_record(cv_dir: Path, record: dict[str, Any]) -> None:

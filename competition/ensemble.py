@@ -17,6 +17,7 @@ from . import api, checkpoint, folders, predict
 from .folders import ENSEMBLE_JSON
 from .config import ENSEMBLES, Config, from_preset
 from .errors import CompetitionError
+from .stats import VIEWS, views_key
 from .train import RunResult, run_result
 
 log = logging.getLogger("competition")
@@ -72,11 +73,11 @@ def run_ensemble(ens_dir: Path) -> EnsembleResult:
 def _figures(run_dirs: list[Path]) -> dict[str, Any]:
     """The average's accuracy on the members' shared validation rows: plain, flip and six views."""
     figures: dict[str, Any] = {}
-    for views, key in ((2, "acc_tta"), (6, "acc_tta6")):
+    for views in VIEWS[1:]:
         shared = predict.shared_validation(run_dirs, views)
         if shared is None:
             return figures  # no validation split (or members that validated on other rows)
-        figures["acc"], figures[key], figures["rows"] = shared
+        figures["acc"], figures[views_key("acc", views)], figures["rows"] = shared
     return figures
 
 

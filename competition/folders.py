@@ -15,6 +15,7 @@ from typing import Callable, Literal
 
 from .config import Config
 from .errors import CompetitionError
+from .stats import with_views_named
 
 CONFIG_JSON = "config.json"  # a run's configuration: enough to rebuild its model
 CHECKPOINT = "best"  # best.pdparams: the weights of the best epoch (the EMA's when --ema is on)
@@ -79,9 +80,10 @@ def read_ensemble_record(ens_dir: Path) -> dict:
 
 
 def _read_record(path: Path, what: str, configs: Callable[[dict], list]) -> dict:
-    """A cv's or an ensemble's JSON record, with its configurations (`configs` of it) checked."""
+    """A cv's or an ensemble's JSON record, with its configurations (`configs` of it) checked (and its figures
+    under today's names of views)."""
     try:
-        record = json.loads(path.read_text())
+        record = with_views_named(json.loads(path.read_text()))
         for values in configs(record):
             Config.from_dict(values, source=path)
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:

@@ -21,6 +21,7 @@ from .data import (EVAL_BATCH, SIDE, TEST_FILE, FashionMNIST, ImageTable, data_f
                    read_test_csv)
 from .errors import CompetitionError
 from .models import N_CLASSES
+from .stats import VIEWS, views_key
 
 RunDirs = Union[Path, list[Path]]  # one run folder, or several to ensemble
 
@@ -33,7 +34,7 @@ class Submission:
     archived: Path
     rows: int
     val_acc: Optional[float]  # None without a validation split, and for ensembles
-    val_acc_tta: Optional[float] = None  # the same with this submission's TTA (validation.npz), when known
+    val_acc_with_tta: Optional[float] = None  # the same over this submission's `tta` views (validation.npz), if known
     val_rows: int = 0  # the validation rows behind both (0: unknown)
     runs: list[Path] = field(default_factory=list)  # the run folders whose probabilities were averaged
     tta: int = 1  # test-time views averaged: 1 (none), 2 (mirror) or 6 (mirror and 1-pixel shifts)
@@ -138,7 +139,6 @@ def shift_images(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
 # Test-time augmentation (`--tta VIEWS`): 1 view (none), 2 (the image and its mirror) or 6 (both, and both
 # moved one pixel up-left and down-right), averaged with these weights: airbench's "mirror + translate",
 # which weighs the unmoved pair as much as the four moved views together.
-TTA_VIEWS = (1, 2, 6)
 VIEW_WEIGHTS = {1: (1.0,), 2: (0.5, 0.5), 6: (0.25, 0.25, 0.125, 0.125, 0.125, 0.125)}
 
 
@@ -151,7 +151,7 @@ def view_images(images: np.ndarray, views: int) -> list[np.ndarray]:
 
 
 def probs_by_views(probs_of: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
-                   levels: tuple[int, ...] = TTA_VIEWS) -> dict[int, np.ndarray]:
+                   levels: tuple[int, ...] = VIEWS) -> dict[int, np.ndarray]:
     """Probabilities averaged over 1, 2 or 6 views for each level asked, from one pass over the views the
     largest level needs (the model is loaded and warmed up once)."""
     views = max(levels)
@@ -221,7 +221,7 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
     split) for one run, and `ensemble-<n>-<first run>-<digest>` for several,
     where the digest is of the sorted run names, so different ensembles that
     start with the same run get different names; `<cv folder>-<K>fold-ensemble` for a cv folder (its folds
-    averaged). `-tta` is appended when the
+    averaged). `-tta2` is appended when the
     mirror images were averaged in, `-tta6` for six views. An ensemble's val_acc is its accuracy on the
     validation rows its runs share, and None when they held out different rows.
     """
@@ -231,15 +231,14 @@ def predict_run(run_dirs: RunDirs, table: ImageTable, out: Path, tta: int = 1) -
     write_submission(frame, out)
     single = len(runs) == 1 and folders.member_runs(runs[0]) == runs
     val_acc = checkpoint.best_val_acc(runs[0]) if single else None
-    stem = _archive_stem(runs, val_acc) + {1: "", 2: "-tta"}.get(tta, f"-tta{tta}")
+    stem = _archive_stem(runs, val_acc) + ("" if tta == 1 else f"-tta{tta}")
     archived = archive_submission(out, Path(out).parent, stem)
     if not single:
         shared = shared_validation(runs, tta)
         return Submission(out, archived, len(frame), *(shared or (None, None, 0)), runs, tta)
     validation = checkpoint.Validation.load(runs[0]) if val_acc is not None else None
     scores = {} if validation is None else validation.accuracies()
-    key = {1: "val_acc", 2: "val_acc_tta"}.get(tta, f"val_acc_tta{tta}")
-    return Submission(out, archived, len(frame), val_acc, scores.get(key),
+    return Submission(out, archived, len(frame), val_acc, scores.get(views_key("val_acc", tta)),
                       0 if validation is None else len(validation.labels), runs, tta)
 
 
@@ -250,7 +249,7 @@ def shared_validation(runs: list[Path], tta: int = 1) -> Optional[tuple[float, O
     if average is None:
         return None
     accuracy = lambda probs: float((probs.argmax(1) == average.labels).mean())  # noqa: E731
-    with_views = {1: None, 2: average.tta_probs, 6: average.tta6_probs}[tta]
+    with_views = None if tta == 1 else average.by_views().get(tta)
     return accuracy(average.probs), None if with_views is None else accuracy(with_views), len(average.labels)
 
 
@@ -272,7 +271,7 @@ def _averaged(found: list[Optional[checkpoint.Validation]]) -> Optional[checkpoi
         values = [getattr(v, name) for v in found]
         return None if any(value is None for value in values) else average_probs(values)
 
-    return dataclasses.replace(found[0], probs=combined("probs"), tta_probs=combined("tta_probs"),
+    return dataclasses.replace(found[0], probs=combined("probs"), tta2_probs=combined("tta2_probs"),
                                tta6_probs=combined("tta6_probs"))
 
 

@@ -320,7 +320,7 @@ def report_markdown(run_dir: Path, config: Config, summary: pd.DataFrame, n_para
     from Validation.accuracies()), pictures, per-class table and configuration."""
     rows = _headline_rows(config, summary, n_params, val_rows)
     for key, name in (("val_acc_tta6", "with 6-view TTA (`predict --tta 6`)"),
-                      ("val_acc_tta", "with flip TTA (`predict --tta`)")):
+                      ("val_acc_tta2", "with flip TTA (`predict --tta 2`)")):
         if key in (scores or {}):
             rows.insert(1, [name, accuracy_text(scores[key], val_rows, "table")])
     if ran is not None:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
+VIEWS = (1, 2, 6)  # test-time views averaged: none, the image and its mirror, both and both moved by a pixel
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
 
@@ -38,3 +39,19 @@ def accuracy_text(accuracy: Optional[float], rows: int, form: str = "prose") -> 
     if form == "table":
         return f"{value} ({interval})"
     return f"{accuracy:.2%} ({low * 100:.2f}-{high:.2%}, {rows:,} rows)"
+
+
+def views_key(base: str, views: int) -> str:
+    """The one name of a figure over `views` test-time views: `base` for one, `base_tta2`, `base_tta6`."""
+    return base if views == 1 else f"{base}_tta{views}"
+
+
+def with_views_named(record: Any) -> Any:
+    """A record read from a run folder written before views had one name: a key ending `_tta` (two views,
+    then) renamed `_tta2`, at any depth; new records come back unchanged."""
+    if isinstance(record, dict):
+        return {(f"{key}2" if isinstance(key, str) and key.endswith("_tta") else key): with_views_named(value)
+                for key, value in record.items()}
+    if isinstance(record, list):
+        return [with_views_named(value) for value in record]
+    return record

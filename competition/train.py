@@ -40,7 +40,7 @@ class RunResult:
     history: list[dict[str, float]]
     best_val_acc: Optional[float]  # None without a validation split
     best_epoch: int
-    val_acc_tta: Optional[float] = None  # the best checkpoint's accuracy with flip TTA
+    val_acc_tta2: Optional[float] = None  # the best checkpoint's accuracy with flip TTA
     val_acc_tta6: Optional[float] = None  # … with six-view TTA (mirrors and 1-pixel shifts)
     val_rows: int = 0  # validation rows behind those accuracies (their 95% interval: stats.accuracy_text)
 
@@ -96,7 +96,7 @@ def run_result(run_dir: Path) -> RunResult:
     if validation is None:
         return RunResult(Path(run_dir), history, float(best["val_acc"]), int(best["epoch"]))
     scores = validation.accuracies()
-    return RunResult(Path(run_dir), history, float(best["val_acc"]), int(best["epoch"]), scores["val_acc_tta"],
+    return RunResult(Path(run_dir), history, float(best["val_acc"]), int(best["epoch"]), scores["val_acc_tta2"],
                      scores.get("val_acc_tta6"), len(validation.labels))
 
 

@@ -21,9 +21,9 @@ def test_the_readme_notebook_session_runs(real_data: dict, tmp_path: Path) -> No
                               runs_dir=str(tmp_path / "runs"))
     result = fit(config)
     assert result.run_dir.parent == tmp_path / "runs" and 0 <= result.best_val_acc <= 1
-    assert result.best_epoch == 1 and result.val_acc_tta is not None
+    assert result.best_epoch == 1 and result.val_acc_tta2 is not None
     sub = submit(result, out=tmp_path / "submission.csv", test=str(real_data["test"]))  # six views, as run.sh
-    assert sub.rows == 100 and sub.val_acc == result.best_val_acc and sub.val_acc_tta == result.val_acc_tta6
+    assert sub.rows == 100 and sub.val_acc == result.best_val_acc and sub.val_acc_with_tta == result.val_acc_tta6
     assert sub.tta == 6 and sub.archived.name.endswith("-tta6.csv")
     assert main(["check", str(sub.path), "--test", str(real_data["test"])]) == 0
     shown = view_report(result)

@@ -205,7 +205,9 @@ def test_predict_with_tta_says_the_validation_accuracy_with_tta(tiny_run: Path, 
 
     scores = Validation.load(tiny_run).accuracies()
     out = tmp_path / "s.csv"
+    # --tta alone: six views, what bash run.sh submits and submit() defaults to
     assert main(["predict", "--run", str(tiny_run), "--tta", "--test", str(real_data["test"]), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    tta = accuracy_text(scores["val_acc_tta"], 100)  # tiny_run holds out 100 rows
+    assert "with 6 views of each test image" in printed
+    tta = accuracy_text(scores["val_acc_tta6"], 100)  # tiny_run holds out 100 rows
     assert f"validation accuracy {tta} with TTA ({scores['val_acc']:.2%} without)" in printed

@@ -56,7 +56,7 @@ def test_out_of_fold_figures_match_oof_csv(finished_cv: Path, real_data: dict) -
     probs = oof[[f"prob_{c}" for c in range(10)]].to_numpy()
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-4) and (probs.argmax(1) == oof["pred"]).all()
     assert record["out_of_fold"]["acc"] == pytest.approx((oof["pred"] == oof["label"]).mean())
-    assert record["out_of_fold"]["acc_tta"] == pytest.approx((oof["pred_tta"] == oof["label"]).mean())
+    assert record["out_of_fold"]["acc_tta2"] == pytest.approx((oof["pred_tta2"] == oof["label"]).mean())
     for fold in record["folds"]:  # each fold's figure is its own rows of oof.csv
         mine = oof[oof["fold"] == int(fold["run"][4:])]
         assert fold["rows"] == len(mine) and fold["val_acc"] == pytest.approx((mine["pred"] == mine["label"]).mean())
@@ -68,7 +68,7 @@ def test_out_of_fold_figures_match_oof_csv(finished_cv: Path, real_data: dict) -
 def test_fold_ensemble_submission_passes_check(finished_cv: Path, real_data: dict, capsys) -> None:
     out = finished_cv.parent / "submission.csv"
     assert main(["check", str(out), "--test", str(real_data["test"])]) == 0
-    archived = list((finished_cv.parent).glob(f"{finished_cv.name}-{FOLDS}fold-ensemble-tta.csv"))
+    archived = list((finished_cv.parent).glob(f"{finished_cv.name}-{FOLDS}fold-ensemble-tta2.csv"))
     assert len(archived) == 1
     capsys.readouterr()
     again = finished_cv.parent / "again.csv"

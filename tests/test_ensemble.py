@@ -42,7 +42,7 @@ def test_ensemble_figures_are_the_members_average_on_their_shared_rows(finished_
     record = json.loads((finished_ensemble / "ensemble.json").read_text())
     saved = [np.load(finished_ensemble / f"member{k}" / "validation.npz") for k in (1, 2)]
     assert (saved[0]["indices"] == saved[1]["indices"]).all()  # the same --val-size and --seed: the same rows
-    for key, probs in (("acc", "probs"), ("acc_tta", "tta_probs"), ("acc_tta6", "tta6_probs")):
+    for key, probs in (("acc", "probs"), ("acc_tta2", "tta2_probs"), ("acc_tta6", "tta6_probs")):
         log_mean = (np.log(saved[0][probs]) + np.log(saved[1][probs])) / 2  # the normalized geometric mean's order
         assert record["figures"][key] == pytest.approx((log_mean.argmax(1) == saved[0]["labels"]).mean())
     assert record["figures"]["rows"] == 60
@@ -60,7 +60,7 @@ def test_predict_picks_the_ensemble_and_averages_its_members(finished_ensemble: 
     images = read_test_csv(real_data["test"]).images
     log_sum = sum(np.log(run_probs(finished_ensemble / f"member{k}", images, 2)) for k in (1, 2))
     assert (pd.read_csv(out)["label"].to_numpy() == log_sum.argmax(1)).all()
-    assert (finished_ensemble.parent / f"{finished_ensemble.name}-tta.csv").is_file()
+    assert (finished_ensemble.parent / f"{finished_ensemble.name}-tta2.csv").is_file()
 
 
 def test_ensemble_stopped_by_sigint_resumes_to_the_uninterrupted_result(finished_ensemble: Path, real_data: dict,

@@ -62,3 +62,23 @@ def test_the_folder_module_loads_without_paddle() -> None:
     code = "import sys, competition.folders; print('paddle' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_folders_written_before_views_had_one_name_read_as_today(tmp_path: Path) -> None:
+    import numpy as np
+
+    from competition.checkpoint import Validation
+
+    made = _three_kinds(tmp_path / "runs")
+    record = json.loads((made["ensemble"] / folders.ENSEMBLE_JSON).read_text())
+    old_figures = {"acc": 0.9, "acc_tta": 0.91, "acc_tta6": 0.92, "rows": 100}  # acc_tta: two views, then
+    (made["ensemble"] / folders.ENSEMBLE_JSON).write_text(json.dumps({**record, "figures": old_figures}))
+    assert folders.read_ensemble_record(made["ensemble"])["figures"] == {"acc": 0.9, "acc_tta2": 0.91,
+                                                                         "acc_tta6": 0.92, "rows": 100}
+    rng = np.random.default_rng(0)
+    probs = [rng.dirichlet(np.ones(10), 4).astype(np.float32) for _ in range(2)]
+    labels = probs[1].argmax(1)
+    np.savez(made["run"] / folders.VALIDATION, indices=np.arange(4), images=np.zeros((4, 784), np.uint8),
+             labels=labels, probs=probs[0], tta_probs=probs[1])  # an old run: no six views, "tta_probs"
+    scores = Validation.load(made["run"]).accuracies()
+    assert set(scores) == {"val_acc", "val_acc_tta2"} and scores["val_acc_tta2"] == 1.0

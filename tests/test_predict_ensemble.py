@@ -102,7 +102,7 @@ def test_predict_with_two_runs_writes_a_submission_and_an_ensemble_archive(
     # other_run's validation.npz is tiny_run's (copied): the same rows, so a figure on them applies
     assert result.val_acc == pytest.approx(checkpoint.Validation.load(tiny_run).accuracies()["val_acc"])
     tta = predict_run([tiny_run, other_run], table, out, tta=2)
-    assert tta.archived.stem == f"{result.archived.stem}-tta" and result.archived.exists()
+    assert tta.archived.stem == f"{result.archived.stem}-tta2" and result.archived.exists()
 
 
 def test_one_run_with_tta_keeps_its_archive_name_with_tta_appended(tiny_run: Path, real_data: dict,
@@ -110,7 +110,7 @@ def test_one_run_with_tta_keeps_its_archive_name_with_tta_appended(tiny_run: Pat
     out = tmp_path / "submission.csv"
     result = predict_run(tiny_run, read_test_csv(real_data["test"]), out, tta=2)
     val_acc = pd.read_csv(tiny_run / "summary.csv")["val_acc"].max()
-    assert result.archived.name == f"{tiny_run.name}-val{val_acc:.4f}-tta.csv"
+    assert result.archived.name == f"{tiny_run.name}-val{val_acc:.4f}-tta2.csv"
     assert result.val_acc == pytest.approx(val_acc) and result.tta
 
 
@@ -175,7 +175,7 @@ def test_six_view_submission_is_archived_as_such_with_its_validation_accuracy(ti
 
     result = predict_run(tiny_run, read_test_csv(real_data["test"]), tmp_path / "s.csv", tta=6)
     assert result.archived.name.endswith("-tta6.csv") and result.tta == 6
-    assert result.val_acc_tta == Validation.load(tiny_run).accuracies()["val_acc_tta6"]
+    assert result.val_acc_with_tta == Validation.load(tiny_run).accuracies()["val_acc_tta6"]
 
 
 def test_an_ensembles_validation_accuracy_is_scored_on_the_rows_its_runs_share(
@@ -191,7 +191,7 @@ def test_an_ensembles_validation_accuracy_is_scored_on_the_rows_its_runs_share(
     assert rows == len(mine.labels)
     log_sum = lambda name: np.log(getattr(mine, name)) + np.log(getattr(theirs, name))  # noqa: E731
     assert plain == pytest.approx((log_sum("probs").argmax(1) == mine.labels).mean())
-    assert flip == pytest.approx((log_sum("tta_probs").argmax(1) == mine.labels).mean())
-    shifted = checkpoint.Validation(mine.indices + 1, mine.images, mine.labels, mine.probs, mine.tta_probs)
+    assert flip == pytest.approx((log_sum("tta2_probs").argmax(1) == mine.labels).mean())
+    shifted = checkpoint.Validation(mine.indices + 1, mine.images, mine.labels, mine.probs, mine.tta2_probs)
     shifted.save(other)  # other rows: no figure applies
     assert predict.shared_validation([tiny_run, other], tta=2) is None

@@ -95,9 +95,9 @@ def test_validation_json_holds_the_accuracy_with_and_without_flip_tta(reported: 
     np.testing.assert_array_equal(saved.indices, val_idx)
     np.testing.assert_array_equal(saved.images, table.images[val_idx])
     rows = ImageTable(table.path, table.images[val_idx], table.labels[val_idx])
-    assert scores["val_acc_tta"] == pytest.approx(predict.accuracy_on(run_dir, rows, tta=2), abs=1e-6)
+    assert scores["val_acc_tta2"] == pytest.approx(predict.accuracy_on(run_dir, rows, tta=2), abs=1e-6)
     text = (run_dir / "report.md").read_text()
-    assert f"| with flip TTA (`predict --tta`) | {scores['val_acc_tta']:.4f} (" in text
+    assert f"| with flip TTA (`predict --tta 2`) | {scores['val_acc_tta2']:.4f} (" in text
     assert f"| with 6-view TTA (`predict --tta 6`) | {scores['val_acc_tta6']:.4f} (" in text
     assert scores["val_acc_tta6"] == pytest.approx(predict.accuracy_on(tiny_run, rows, tta=6), abs=1e-6)
 

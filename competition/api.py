@@ -63,12 +63,12 @@ def fit(config: Config, node_rank: Optional[int] = None, master: Optional[str] =
     nodes = _nodes(config.nnodes, node_rank, master)
     if nodes.rank > 0:
         return _join(config, nodes)
-    run_dir, ran, data = _start(config, run_dir, data)
+    run_dir, resolved, data = _start(config, run_dir, data)
     if planned is not None:
         planned.save(run_dir)  # its line goes into the log as training starts (train_run)
     job = _announce(run_dir, config, nodes)
     try:
-        result = _train(run_dir, ran, resume=False, data=data, nodes=nodes)
+        result = _train(run_dir, resolved, resume=False, data=data, nodes=nodes)
     finally:
         if job is not None:
             job.unlink(missing_ok=True)
@@ -97,7 +97,7 @@ def plan_run(config: Config, options: dict, started: float, ensembles: bool = Fa
              runs: int = 1) -> tuple[plan.Plan, TrainingData]:
     """The plan of a budgeted configuration (config.minutes) with the user's `options`, and the data it read;
     `runs`: cv folds (config.folds set), each a run of the plan's recipe."""
-    config.validate()  # bad options fail before the data is read and the shapes are probed
+    config.checked()  # bad options fail before the data is read and the shapes are probed
     if config.nnodes > 1:
         raise CompetitionError("--minutes plans a run on one machine; drop --nnodes, or give --epochs.")
     runtime.kernels_usable(config.device)  # builds kernels.cc now if it must: the plan counts the build as spent
@@ -122,13 +122,13 @@ def resume(run_dir: Union[str, Path], epochs: Optional[int] = None, node_rank: O
     nodes = _nodes(config.nnodes, node_rank, master)
     if nodes.rank == 0 and epochs is not None and epochs != config.epochs:
         config.epochs = epochs
-        checkpoint.save_config(run_dir, config.validate())
+        checkpoint.save_config(run_dir, config.checked())
     before = runtime.Runtime.load(run_dir) if (run_dir / runtime.RUNTIME).is_file() else None
-    ran = runtime.resolve(config, config.nproc or 1, before)
+    resolved = runtime.resolve(config, config.nproc or 1, before)
     if nodes.rank > 0:
-        return _train(run_dir, ran, resume=True, nodes=nodes)
-    ran.save(run_dir)  # what this attempt runs on
-    result = _train(run_dir, ran, resume=True, nodes=nodes)
+        return _train(run_dir, resolved, resume=True, nodes=nodes)
+    resolved.save(run_dir)  # what this attempt runs on
+    result = _train(run_dir, resolved, resume=True, nodes=nodes)
     report.write_report(run_dir)
     return result
 
@@ -137,7 +137,7 @@ def train_to_end(run_dir: Path, config: Config, where: str, resume_line: str) ->
     """Train one run of a cv or an ensemble to its end: start it, or resume it when it was stopped. A stop
     or a failure names the run as `where` (e.g. "cv fold 2 of 5") and ends with `resume_line`."""
     try:
-        with parallel.stop_on_signals():  # a stop between two runs' trainings ends as cleanly as one inside
+        with parallel.stop_signals_interrupt():  # a stop between two runs' trainings ends as cleanly as one inside
             if (run_dir / checkpoint.LAST).is_file():
                 return resume(run_dir)
             return fit(config, run_dir=run_dir)  # not started, or stopped before its first save: start it (again)
@@ -202,34 +202,34 @@ def prepare(config: Config, data: Optional[TrainingData] = None
     filled in, the runtime and the data. `config` itself is left as it was."""
     if config.nproc is None:
         config = replace(config, nproc=parallel.default_nproc(config.batch_size))
-    config.validate()
-    ran = runtime.resolve(config, config.nproc)  # a missing GPU or a --conv onednn that won't build fails here
+    config.checked()
+    resolved = runtime.resolve(config, config.nproc)  # a missing GPU or a --conv onednn that won't build fails here
     build_model(config.model, **config.model_options())  # a bad model fails before the data is read
-    return config, ran, data if data is not None else load_training_data(config)
+    return config, resolved, data if data is not None else load_training_data(config)
 
 
 def _start(config: Config, run_dir: Optional[Path] = None, data: Optional[TrainingData] = None
            ) -> tuple[Path, runtime.Runtime, TrainingData]:
     """Check the configuration, its runtime and the data (read, unless given), then create the run folder (or use
     `run_dir`)."""
-    config, ran, data = prepare(config, data)
+    config, resolved, data = prepare(config, data)
     if run_dir is None:
         run_dir = folders.create(config.runs_dir, config.model)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.save_run_files(run_dir, config, ran)
-    return run_dir, ran, data
+    checkpoint.save_run_files(run_dir, config, resolved)
+    return run_dir, resolved, data
 
 
-def _train(run_dir: Path, ran: runtime.Runtime, resume: bool, data: Optional[TrainingData] = None,
+def _train(run_dir: Path, resolved: runtime.Runtime, resume: bool, data: Optional[TrainingData] = None,
            nodes: Nodes = Nodes()) -> RunResult:
-    """Train in this process, or on ran.nproc processes of this node (parallel.launch)."""
-    if ran.world == 1:
-        with parallel.stop_on_signals():
+    """Train in this process, or on resolved.nproc processes of this node (parallel.launch)."""
+    if resolved.world == 1:
+        with parallel.stop_signals_interrupt():
             return train_run(run_dir, resume=resume, data=data)
     worker_args = ["train", str(run_dir)] + (["--resume"] if resume else [])
     log_dir = run_dir / "logs" / (f"node{nodes.rank}" if nodes.count > 1 else "")
-    ended = parallel.launch(worker_args, ran.nproc, log_dir, ran.device, watch=run_dir, nodes=nodes)
+    ended = parallel.launch(worker_args, resolved.nproc, log_dir, resolved.device, watch=run_dir, nodes=nodes)
     resume_line = f"continue with: competition train --resume {run_dir}"
     if ended.stopped_by is not None:
         raise TrainingInterrupted(f"stopped by signal {ended.stopped_by}; finished epochs are saved in "

@@ -254,14 +254,14 @@ def _timed(call) -> float:
 
 
 def summarize(settings: BenchSettings, steps: dict[str, float], torch_steps: Optional[list[float]], predict_s: float,
-              ran: runtime.Runtime, step_flops: float, peaks: dict[str, Optional[float]],
+              resolved: runtime.Runtime, step_flops: float, peaks: dict[str, Optional[float]],
               primitives: dict[str, int]) -> dict[str, Any]:
     """The benchmark's figures as one flat dict (the --json line). `steps`: seconds a step of each CPU path timed
     (onednn: kernels.cc, paddle: Paddle's ops); Paddle's figure is the faster one's, which --conv auto trains."""
     per_epoch = steps_per_epoch(settings.batch_size)
     paddle_step = min(steps.values())
     torch_step = None if torch_steps is None else statistics.median(torch_steps)
-    paddle_peak = peaks["bf16"] if ran.precision == "bf16" and peaks["bf16"] else peaks["fp32"]
+    paddle_peak = peaks["bf16"] if resolved.precision == "bf16" and peaks["bf16"] else peaks["fp32"]
     torch_peak = peaks["bf16"] or peaks["fp32"]  # PyTorch's step runs under bf16 autocast where it can
     paddle_gflops = step_flops / paddle_step / 1e9
     torch_gflops = None if torch_step is None else step_flops / torch_step / 1e9
@@ -276,8 +276,8 @@ def summarize(settings: BenchSettings, steps: dict[str, float], torch_steps: Opt
         "torch_epoch_s_runs": None if torch_steps is None else [epoch(s) for s in torch_steps],
         "ratio": None if torch_step is None else round(paddle_step / torch_step, 2),
         "predict_10k_s": round(predict_s, 3),
-        "paddle_conv_kernel": ran.kernels + ("-bf16" if ran.precision == "bf16" else ""),
-        "isa": ran.isa,
+        "paddle_conv_kernel": resolved.kernels + ("-bf16" if resolved.precision == "bf16" else ""),
+        "isa": resolved.isa,
         "onednn_primitives": primitives,
         "reference_primitives": reference_primitives(primitives),
         "paddle_version": paddle.__version__,
@@ -316,12 +316,12 @@ def run_bench(settings: BenchSettings, train_path: Path, test_images: np.ndarray
     steps = {conv: _step_seconds(replace(settings, conv=conv, steps=_steps_of(settings, conv)), train_path, rows,
                                  images, labels) for conv in _paths(settings)}
     fastest = replace(settings, conv=min(steps, key=steps.__getitem__))  # what --conv auto trains with
-    ran = fastest.runtime()
+    resolved = fastest.runtime()
     primitives = onednn_primitives(fastest, images, labels)
     predict_s = predict_seconds(settings, test_images[:PREDICT_IMAGES])
     torch_steps = torch_step_seconds(settings, images, labels)
     step_flops = conv_flops_per_image(settings) * settings.batch_size
-    return summarize(settings, steps, torch_steps, predict_s, ran, step_flops, matmul_peaks(), primitives)
+    return summarize(settings, steps, torch_steps, predict_s, resolved, step_flops, matmul_peaks(), primitives)
 
 
 def _paths(settings: BenchSettings) -> list[str]:
@@ -371,11 +371,11 @@ def reference_primitives(primitives: dict[str, int]) -> list[str]:
     return [name for name in primitives if name.split()[1].startswith("ref")]
 
 
-def _launched_step_seconds(settings: BenchSettings, ran: runtime.Runtime, train_path: Path, rows: int) -> float:
+def _launched_step_seconds(settings: BenchSettings, resolved: runtime.Runtime, train_path: Path, rows: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "paddle.json"
         args = ["bench", str(out), str(train_path), str(rows), json.dumps(asdict(settings))]
-        ended = parallel.launch(args, settings.nproc, Path(folder) / "logs", ran.device)
+        ended = parallel.launch(args, settings.nproc, Path(folder) / "logs", resolved.device)
         if ended.code != 0 or not out.exists():
             raise CompetitionError(f"the {settings.nproc}-process timing failed (exit {ended.code}"
                                    + (f": {ended.failure}" if ended.failure else "") + ").")

@@ -18,7 +18,7 @@ import pandas as pd
 from . import api, cv, ensemble, folders, parallel, plan, report, submission, tune
 from .bench import BenchSettings, run_bench
 from .config import (BUDGETS, CONV_CHOICES, ENSEMBLES, FOLDS, OPTIMIZERS, PRECISIONS, PRESETS, RUNS_DIR,
-                     SCHEDULES, SUBMISSION, Config, from_preset)
+                     SCHEDULES, SUBMISSION, Config, from_preset, option_flag)
 from .data import TRAIN_FILE, data_file, read_train_csv
 from .errors import CompetitionError
 from .logs import setup_logging
@@ -112,7 +112,7 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help=f"start from a named recipe: {', '.join(PRESETS)}; "
                    f"or (train) an ensemble of recipes: {_ENSEMBLE_NAMES}; "
                    "explicit options override its values (every member's)")
-    p.add_argument("--train", metavar="FILE", help="training CSV (default: found in the data dirs)")
+    p.add_argument("--train", dest="train_csv", metavar="FILE", help="training CSV (default: found in the data dirs)")
     p.add_argument("--model", help=f"one of {', '.join(MODELS)} (default {d.model})")
     p.add_argument("--width", type=int, help="cnn, resnet, airnet: channels of the first conv (cnn 16, resnet 32, "
                    "airnet 64)")
@@ -253,7 +253,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         fixed = sorted(set(given) - {"epochs"})
         if fixed:
-            names = ", ".join("--" + name.replace("_", "-") for name in fixed)
+            names = ", ".join(option_flag(name) for name in fixed)
             raise CompetitionError(f"--resume continues {run} with its saved configuration (nodes included); "
                                    f"drop {names} (only --epochs, --node-rank and --master may be given).")
         if folders.is_ensemble(Path(run)):
@@ -323,7 +323,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         if planned is not None:
             planned.save(cv_dir)  # each fold's log starts with its line
     elif given:
-        names = ", ".join("--" + name.replace("_", "-") for name in sorted(given))
+        names = ", ".join(option_flag(name) for name in sorted(given))
         raise CompetitionError(f"--resume continues {cv_dir} with its saved configuration; drop {names}.")
     elif not folders.is_cv(Path(cv_dir)):
         raise CompetitionError(f"{cv_dir}: not a cv folder (no {folders.CV_JSON}); nothing to resume.")
@@ -442,7 +442,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Print Paddle's (and PyTorch's) seconds per epoch and prediction time."""
     nproc = args.nproc or parallel.default_nproc(args.batch_size)
-    Config(model=args.model, batch_size=args.batch_size, nproc=nproc).validate()
+    Config(model=args.model, batch_size=args.batch_size, nproc=nproc).checked()
     if min(args.steps, args.warmup) < 1:
         raise CompetitionError("--steps and --warmup must be at least 1.")
     settings = BenchSettings(args.model, args.batch_size, args.steps, args.warmup, nproc, args.device, args.conv,
@@ -538,7 +538,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
-        with parallel.stop_on_signals():  # a stop outside training ends in the line below, not Paddle's banner
+        with parallel.stop_signals_interrupt():  # a stop outside training ends in the line below, not Paddle's banner
             signal.pthread_sigmask(signal.SIG_UNBLOCK, parallel.STOP_SIGNALS)  # __main__ held them for the imports
             return args.func(args)
     except CompetitionError as exc:

@@ -62,7 +62,7 @@ class Config:
     depth: Optional[int] = None  # residual blocks per stage (resnet)
     hidden: Optional[int] = None  # hidden fully connected units before the classifier (cnn)
     preset: Optional[str] = None  # the preset the other values started from
-    train: Optional[str] = None  # training CSV; None: looked up in the data dirs
+    train_csv: Optional[str] = None  # the training CSV (--train); None: looked up in the data dirs
     data_dir: Optional[str] = None
     runs_dir: str = RUNS_DIR
     device: str = "auto"  # auto | cpu | gpu
@@ -82,8 +82,8 @@ class Config:
     precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, e.g. the command line
 
-    def validate(self) -> "Config":
-        """Raise CompetitionError, in command-line wording, for settings no run can satisfy."""
+    def checked(self) -> "Config":
+        """This configuration, checked: CompetitionError, in command-line wording, for settings no run can take."""
         problem = self._range_problem()
         if problem is not None:
             raise CompetitionError(problem[1])
@@ -166,6 +166,7 @@ class Config:
         where = f"{source}: " if source is not None else ""
         if not isinstance(values, dict):
             raise CompetitionError(f"{where}holds {_json_kind(values)}; expected a JSON object of settings.")
+        values = {RENAMED.get(key, key): value for key, value in values.items()}
         unknown = sorted(set(values) - set(FIELD_TYPES))
         if unknown:
             raise CompetitionError(f"{where}unknown configuration keys: {', '.join(unknown)}.")
@@ -237,6 +238,12 @@ def _field_types() -> dict[str, Any]:
 
 
 FIELD_TYPES = _field_types()
+RENAMED = {"train": "train_csv"}  # keys of config.json files written before, and their names now
+
+
+def option_flag(key: str) -> str:
+    """The command-line flag of a configuration key: --train for train_csv, --val-size for val_size."""
+    return {"train_csv": "--train"}.get(key, "--" + key.replace("_", "-"))
 
 
 def _shown(value: Any, limit: int = 60) -> str:

@@ -378,7 +378,7 @@ def load_training_data(config: Config) -> TrainingData:
 
 def load_training_table(config: Config) -> "ImageTable":
     """The configuration's training table: its first config.rows rows, or all."""
-    table = read_train_csv(data_file(TRAIN_FILE, config.train, config.data_dir))
+    table = read_train_csv(data_file(TRAIN_FILE, config.train_csv, config.data_dir))
     return table.head(config.rows) if config.rows else table
 
 

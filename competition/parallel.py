@@ -105,7 +105,7 @@ def launch(worker_args: list[str], nproc: int, log_dir: Path, device: str, watch
     else:
         processes = [_start_launcher(worker_args, nproc, log_dir, device, nodes, env)]
     stop = _Stop(processes)
-    with on_stop_signals(stop):
+    with stop_signals_call(stop):
         code = _wait(processes, stop, _Watcher(watch) if watch is not None else None)
     first = (nodes.rank if nodes else 0) * nproc
     failure = None if code == 0 or stop.signal else _failed_rank(log_dir, range(first, first + nproc))
@@ -182,7 +182,7 @@ def _signal_all(processes: list[subprocess.Popen], signum: int, group: bool = Fa
 
 
 @contextlib.contextmanager
-def on_stop_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
+def stop_signals_call(handler: Callable[[int, object], None]) -> Iterator[None]:
     """`handler` answers SIGINT, SIGTERM and SIGHUP inside the block (main thread only); the old ones after."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -196,7 +196,7 @@ def on_stop_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stop_signals_held() -> Iterator[None]:
+def stop_signals_deferred() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP that arrive inside the block are answered as it ends, by the handlers that
     were in place (main thread only; elsewhere a no-op)."""
     # Python handlers, not a signal mask: the kernel hands a process's signal to any thread that does not
@@ -317,7 +317,7 @@ def write_exit(rank: int, code: int, message: str = "") -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
+def stop_signals_interrupt() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, once: repeats (the
     launcher sends SIGTERM up to three times) are ignored while training unwinds and saves."""
     raised = []
@@ -327,7 +327,7 @@ def stop_on_signals() -> Iterator[None]:
             raised.append(signum)
             raise KeyboardInterrupt
 
-    with on_stop_signals(handler):
+    with stop_signals_call(handler):
         yield
 
 
@@ -395,13 +395,13 @@ def batches_of(loader: "paddle.io.DataLoader") -> Iterator[Iterator[Any]]:
     # `break` (--max-steps): paddle's shutdown waits a whole second for the thread, every epoch.
     batches = None
     try:
-        with stop_signals_held():
+        with stop_signals_deferred():
             batches = iter(loader)
         yield _held_between(batches)
     except BaseException:
         shutdown = getattr(batches, "_try_shutdown_all", None)  # paddle.io's iterators; idempotent
         if shutdown is not None:
-            with stop_signals_held():
+            with stop_signals_deferred():
                 shutdown()
         raise
 
@@ -409,7 +409,7 @@ def batches_of(loader: "paddle.io.DataLoader") -> Iterator[Iterator[Any]]:
 def _held_between(batches: Iterator[Any]) -> Iterator[Any]:
     """The batches, each fetched with the stop signals held."""
     while True:
-        with stop_signals_held():
+        with stop_signals_deferred():
             batch = next(batches, _END)
         if batch is _END:
             return

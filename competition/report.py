@@ -315,7 +315,7 @@ def _check_matches_summary(run_dir: Path, table: pd.DataFrame, summary: pd.DataF
 
 def report_markdown(run_dir: Path, config: Config, summary: pd.DataFrame, n_params: int,
                     table: Optional[pd.DataFrame], scores: Optional[dict[str, float]] = None,
-                    ran: Optional[str] = None, val_rows: int = 0) -> str:
+                    trained_on: Optional[str] = None, val_rows: int = 0) -> str:
     """report.md: headline numbers (accuracies with their 95% intervals over `val_rows` rows; `scores`
     from Validation.accuracies()), pictures, per-class table and configuration."""
     rows = _headline_rows(config, summary, n_params, val_rows)
@@ -323,8 +323,8 @@ def report_markdown(run_dir: Path, config: Config, summary: pd.DataFrame, n_para
                       ("val_acc_tta2", "with flip TTA (`predict --tta 2`)")):
         if key in (scores or {}):
             rows.insert(1, [name, accuracy_text(scores[key], val_rows, "table")])
-    if ran is not None:
-        rows.append(["trained on (runtime.json)", ran])
+    if trained_on is not None:
+        rows.append(["trained on (runtime.json)", trained_on])
     parts = [f"# Run `{Path(run_dir).name}`", "## Headline", _markdown_table(["", ""], rows),
              "## Training curves", f"![curves]({CURVES})"]
     if table is None and has_validation(summary):

@@ -222,10 +222,10 @@ def evaluate(model: nn.Layer, loader: paddle.io.DataLoader) -> dict[str, float]:
 def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] = None) -> RunResult:
     """Train the run folder's configuration on its runtime, alone or as one rank of several processes."""
     run_dir = Path(run_dir)
-    config = Config.load(run_dir / folders.CONFIG_JSON).validate()
-    ran = runtime.Runtime.load(run_dir)
+    config = Config.load(run_dir / folders.CONFIG_JSON).checked()
+    resolved = runtime.Runtime.load(run_dir)
     parallel.init()
-    cpu_kernels = runtime.apply(ran)
+    cpu_kernels = runtime.apply(resolved)
     seed_everything(config.seed)
     table, train_idx, val_idx = data or load_training_data(config)
     rank, world = parallel.world()
@@ -240,13 +240,13 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
         ema = WeightAverage(model, config.ema) if config.ema else None
         state = _start_state(writer, model, optimizer, ema, resume)
         log.info("%s on %s; run folder: %s", f"resuming after epoch {state.epoch}" if resume else "training",
-                 ran.describe(), run_dir)
-        if ran.probe_line():
-            log.info("%s", ran.probe_line())
+                 resolved.describe(), run_dir)
+        if resolved.probe_line():
+            log.info("%s", resolved.probe_line())
         planned = plan.load(run_dir)
         if planned is not None:
             log.info("%s", plan.line(planned))
-        for note in ran.notes:
+        for note in resolved.notes:
             log.warning("%s", note)
         log.info("data: %s, %d training rows, %d validation rows", table.path, len(train_idx), len(val_idx))
         if rank == 0:
@@ -311,7 +311,7 @@ def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimiz
         # Validation and the best checkpoint use the averaged weights when there are any;
         # last.ckpt keeps the trained ones.
         with ema.applied() if ema else contextlib.nullcontext():
-            val = validate(model, val_loader)
+            val = evaluate_on_every_rank(model, val_loader)
             row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
                    "val_acc": val["acc"], "lr": lr, "seconds": time.perf_counter() - started}
             if state.record(row):
@@ -331,7 +331,7 @@ def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimiz
                 pace = None  # said once; the end of training prints predicted against actual
 
 
-def validate(model: nn.Layer, val_loader: Optional[paddle.io.DataLoader]) -> dict[str, float]:
+def evaluate_on_every_rank(model: nn.Layer, val_loader: Optional[paddle.io.DataLoader]) -> dict[str, float]:
     """Loss and accuracy over every rank's share of the validation rows, with rank 0's weights.
 
     Every rank validates: rank 0 alone kept the others waiting in their next gradient all-reduce

@@ -22,7 +22,7 @@ import optuna
 import pandas as pd
 
 from . import api, checkpoint, folders, parallel
-from .config import Config
+from .config import Config, option_flag
 from .errors import CompetitionError, TrainingInterrupted
 from .files import exclusive
 from .report import INTERVAL
@@ -229,7 +229,7 @@ def run_trial(trial: optuna.Trial, base: Config, fixed: dict[str, Any], trials: 
              ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()))
     pruner = _Pruner(trial, run_dir)
     try:
-        with parallel.stop_on_signals(), pruner:
+        with parallel.stop_signals_interrupt(), pruner:
             result = api.fit(config, run_dir=run_dir)
     except (TrainingInterrupted, KeyboardInterrupt):
         if pruner.pruned:
@@ -306,7 +306,7 @@ def best_command(study: optuna.Study) -> str:
     options = {**recipe["fixed"], **study.best_trial.params}
     words = ["competition", "train"] + (["--preset", recipe["preset"]] if recipe["preset"] else [])
     for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
+        flag = option_flag(key)
         if isinstance(value, bool):
             words.append(flag if value else f"--no-{flag[2:]}")
         else:

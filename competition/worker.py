@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
     mode, args = argv[0], argv[1:]
     code, message = 0, ""
     try:
-        with parallel.stop_on_signals():
+        with parallel.stop_signals_interrupt():
             if mode == "train":
                 train_run(Path(args[0]), resume="--resume" in args[1:])
             elif mode == "probe":

@@ -17,7 +17,7 @@ def test_the_readme_notebook_session_runs(real_data: dict, tmp_path: Path) -> No
     # The README's notebook session, on tiny data.
     from competition import Config, fit, submit, view_report
 
-    config = Config.of_preset("quick", train=str(real_data["train"]), epochs=1, max_steps=3, val_size=100,
+    config = Config.of_preset("quick", train_csv=str(real_data["train"]), epochs=1, max_steps=3, val_size=100,
                               runs_dir=str(tmp_path / "runs"))
     result = fit(config)
     assert result.run_dir.parent == tmp_path / "runs" and 0 <= result.best_val_acc <= 1
@@ -37,7 +37,7 @@ def test_fit_of_the_best_preset_trains_both_members_and_submits_what_predict_doe
     from competition import Config, fit, submit
     from competition.config import ENSEMBLES
 
-    config = Config.of_preset("best", train=str(real_data["train"]), rows=300, val_size=60, epochs=1, max_steps=2,
+    config = Config.of_preset("best", train_csv=str(real_data["train"]), rows=300, val_size=60, epochs=1, max_steps=2,
                               batch_size=32, width=16, runs_dir=str(tmp_path / "runs"))
     result = fit(config)
     members = [Config.load(m.run_dir / "config.json") for m in result.members]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from competition.config import Config
+from competition.config import Config, option_flag
 from competition.errors import CompetitionError
 
 
@@ -80,4 +80,13 @@ def test_optional_fields_take_null_and_float_fields_take_whole_numbers(tmp_path:
 
 def test_command_line_wording_is_kept_for_options() -> None:
     with pytest.raises(CompetitionError, match=r"^--epochs must be at least 1, got 0\.$"):
-        Config(epochs=0).validate()
+        Config(epochs=0).checked()
+
+
+def test_a_config_json_from_before_train_csv_had_its_name_still_loads(tmp_path: Path) -> None:
+    old = tmp_path / "config.json"
+    values = {**Config(model="fc").to_dict(), "train": "data/train.csv"}
+    del values["train_csv"]
+    old.write_text(json.dumps(values))
+    assert Config.load(old).train_csv == "data/train.csv"
+    assert option_flag("train_csv") == "--train" and option_flag("val_size") == "--val-size"

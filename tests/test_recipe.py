@@ -20,7 +20,7 @@ from competition.models import build_model, learned
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_each_preset_resolves_to_a_valid_configuration(name: str) -> None:
-    config = from_preset(name).validate()
+    config = from_preset(name).checked()
     assert config.preset == name and config.epochs >= 1
     assert build_model(config.model, **config.model_options())(paddle.rand([2, 1, 28, 28])).shape == [2, 10]
     overridden = from_preset(name, epochs=1, lr=0.123)
@@ -118,7 +118,7 @@ def test_bf16_run_records_its_precision_and_trains(train_csv: Path, tmp_path: Pa
 
 def test_unknown_precision_in_a_configuration_is_refused() -> None:
     with pytest.raises(CompetitionError, match="unknown precision 'fp16'; expected one of fp32, bf16"):
-        Config(precision="fp16").validate()
+        Config(precision="fp16").checked()
 
 
 RECIPES = {

@@ -47,7 +47,7 @@ def reported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A copy of tiny_run reported once, its training CSV gone, with every way to train or evaluate made to fail."""
     run_dir = copy_run(tiny_run, tmp_path_factory.mktemp("report") / tiny_run.name)
     config = json.loads((run_dir / "config.json").read_text())
-    config["train"] = str(run_dir / "moved-away.csv")  # the report needs no training data
+    config["train_csv"] = str(run_dir / "moved-away.csv")  # the report needs no training data
     (run_dir / "config.json").write_text(json.dumps(config))
     before = {name: (run_dir / name).read_bytes() for name in RUN_FILES}
 

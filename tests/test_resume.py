@@ -117,13 +117,13 @@ def test_a_loader_iterator_cut_short_by_a_stop_leaves_no_traceback(monkeypatch: 
 
 def test_a_stop_signal_inside_a_held_block_is_answered_as_the_block_ends() -> None:
     finished = []
-    with parallel.stop_on_signals(), pytest.raises(KeyboardInterrupt):
-        with parallel.stop_signals_held():
+    with parallel.stop_signals_interrupt(), pytest.raises(KeyboardInterrupt):
+        with parallel.stop_signals_deferred():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)  # without the hold, the KeyboardInterrupt is raised here
             finished.append("block")
     assert finished == ["block"]
-    with pytest.raises(KeyboardInterrupt), parallel.stop_signals_held():  # Python's own Ctrl-C handler too
+    with pytest.raises(KeyboardInterrupt), parallel.stop_signals_deferred():  # Python's own Ctrl-C handler too
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         finished.append("again")

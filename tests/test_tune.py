@@ -41,7 +41,7 @@ def test_search_space_stays_in_its_ranges_and_leaves_fixed_options_alone() -> No
 
 def test_a_trial_the_pruner_rejects_stops_after_an_epoch(real_data: dict, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(tune._Pruner, "poll_s", 0.01)
-    base = Config(model="fc", epochs=40, batch_size=32, val_size=100, train=str(real_data["train"]),
+    base = Config(model="fc", epochs=40, batch_size=32, val_size=100, train_csv=str(real_data["train"]),
                   runs_dir=str(tmp_path), nproc=1)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
     trial = study.ask()  # no accuracy reaches 2.0, so the pruner stops it at the first report

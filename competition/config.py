@@ -270,50 +270,26 @@ _AIRBENCH: dict[str, Any] = {
     "norm_bias_lr": 64, "schedule": "linear", "label_smoothing": 0.2, "flip": True, "alternate_flip": True,
     "crop_pad": 2, "ema": 0.99, "precision": "bf16"}
 
-# Named recipes; explicit command-line options override their values.
-# Times are for the 2-core CPU in BENCHMARKS.md (2 processes).
+# Named recipes; explicit command-line options override their values. Each comment: what it scored on a
+# 10,000-row split (mean of two seeds) and its training minutes on 2 cores; history in BENCHMARKS.md.
 PRESETS: dict[str, dict[str, Any]] = {
-    # about 2 minutes: the cnn with a hidden layer, 9 epochs, one-cycle Adam, crops, flips and label
-    # smoothing. On a 10k split (seed 0), 8 epochs: 92.32% in 95 s; 10: 92.85% in 113 s; the default
-    # recipe (AdamW cosine) for 8 epochs: 92.08%; 10 epochs at batch 512, lr 0.02: 92.72%, no faster.
-    # The 3-epoch cnn before: 91.0% in 67 s. BENCHMARKS.md has the two-seed figures.
+    # cnn 256, 9 epochs, one-cycle Adam: 92.8% in 1.5 min (Zen 4, AVX512-BF16)
     "quick": {"model": "cnn", "hidden": 256, "epochs": 9, "batch_size": 256, "optimizer": "adam", "lr": 0.01,
               "schedule": "onecycle", "flip": True, "crop_pad": 2, "label_smoothing": 0.1},
-    # airbench's recipe (whitening conv, fast BatchNorm shifts, alternating flips, SGD 0.85 with a
-    # linear one-cycle, label smoothing 0.2) on a narrow airnet, with an average of the weights.
-    # At lr/batch/decay per example as airbench's 11.5/1024/0.0153 summed-loss figures. On a 10k split
-    # (seed 0, BENCHMARKS.md): 15 epochs 94.40% (94.71% with six-view TTA) in 6.2 min, 94.57% (94.83%)
-    # with the average; 18 epochs 94.64% (94.85%) in 7.4 min. The cnn recipe before: 93.48% in 7 min.
-    # Width 32, 16 epochs (bfloat16 activations, two seeds): 94.73% (95.04%) in 4.4 min; 22 epochs of
-    # it: 94.81% (95.05%) in 6.2 min, not worth it; width 48 (channels stay multiples of 16 for the
-    # blocked kernels), 12 epochs: 95.00% (95.17%) in 6.1 min (2026-12-01, BENCHMARKS.md).
+    # airbench's recipe on airnet 48, 12 epochs: 95.00% (95.17% with six views) in 6.1 min (Zen 4, bfloat16)
     "default": {**_AIRBENCH, "model": "airnet", "width": 48, "epochs": 12},
-    # a residual network (32x2) whose training convs read bfloat16, SGD with cosine decay, the full
-    # augmentation set: 22 epochs 95.30-95.43% (95.64% with six-view TTA, two seeds) in 25-27 min; 28
-    # epochs (the minutes the blocked kernels freed in best's hour) 95.45-95.62% (95.75%), 25.5 training
-    # min; 34 epochs (the minutes bfloat16 activations freed) 95.58-95.67% (95.93%) in 24 min. It was
-    # `best` alone until the ensemble below.
+    # resnet 32x2, 34 epochs, SGD cosine: 95.58-95.67% (95.93% with six views) in 24 min (Zen 4, bfloat16)
     "resnet": {"model": "resnet", "width": 32, "depth": 2, "epochs": 34, "batch_size": 128,
                "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine",
                "warmup_epochs": 1, "flip": True, "crop_pad": 2, "erase": 0.25, "label_smoothing": 0.1,
                "precision": "bf16"},
-    # the airbench recipe on airbench94's widths (airnet 64): alone about as good as the resnet (30
-    # epochs: 95.26-95.55%, 95.64-95.73% with six views, in 27-37 min), but it errs on other images.
-    # 30 epochs since the blocked kernels (212ac64) made its step about 22% faster (20 before); 36 since
-    # bfloat16 activations (b8f6bff) made it about 20% faster again.
+    # airbench's recipe on airnet 64 (airbench94's widths), 36 epochs: best's second member (Zen 4, bfloat16)
     "airnet64": {**_AIRBENCH, "model": "airnet", "width": 64, "epochs": 36},
 }
 
-# Ensemble presets: `competition train --preset NAME` trains one run per member preset (one after the
-# other, each on every core) in one folder, and predict combines their probabilities (geometric mean).
-# Two different networks pay where one network twice does not: `best` scored 96.01% with six views on
-# two seeds (95.91% plain) in 55 minutes for the whole bash run.sh with float32 activations, 95.86%
-# (95.78%) in 44-47 minutes with bfloat16 ones (b8f6bff) (the resnet at 28 epochs, airnet64 at 30),
-# 96.10% (95.89%) in about 51 with the resnet at 34 and airnet64 at 36 (the resnet at 22:
-# 95.91% in about 51), against 95.64% for the resnet alone (with airnet64 at 20 epochs, before the
-# blocked kernels: 95.83% in 47-50 minutes). airnet64 with random erasing and the resnet with
-# alternating flips did not pay; five airnets of one recipe only matched one airnet trained on all
-# their rows (BENCHMARKS.md).
+# Ensemble presets: one run per member preset, one after the other in one folder; predict takes the
+# geometric mean of their probabilities. best: 96.10% with six views in 51 min of bash run.sh (Zen 4,
+# bfloat16), against 95.93% for the resnet alone.
 ENSEMBLES: dict[str, tuple[str, ...]] = {"best": ("resnet", "airnet64")}
 
 # Presets that are time budgets, in minutes of the whole command: quick, default and best plan the most accurate

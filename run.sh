@@ -49,6 +49,9 @@ setup_env() {
     fi
     "$PY" -m pip install --quiet "${pipargs[@]}" -e ".[$extra,dev]" >&2 \
         || die "installing the package with [$extra,dev] failed (see pip's output above)."
+    # The boards (competition board, tune --board) are optional: training runs without them.
+    "$PY" -m pip install --quiet -e ".[board]" >&2 \
+        || echo "run.sh: could not install VisualDL and optuna-dashboard; training works without the boards." >&2
     # --no-deps: the headers alone (200 KB), not the 84 MB library wheel they name.
     "$PY" -m pip install --quiet --no-deps "$headers" >&2 \
         || echo "run.sh: could not install $headers; training will use Paddle's slower conv." >&2

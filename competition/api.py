@@ -72,7 +72,7 @@ def fit(config: Config, node_rank: Optional[int] = None, master: Optional[str] =
     finally:
         if job is not None:
             job.unlink(missing_ok=True)
-    report.write_report(run_dir)
+    report.write_report(run_dir, to_board=True)
     if planned is not None:
         log.info("%s", plan.finish(run_dir, planned.record))
     return result
@@ -129,7 +129,7 @@ def resume(run_dir: Union[str, Path], epochs: Optional[int] = None, node_rank: O
         return _train(run_dir, resolved, resume=True, nodes=nodes)
     resolved.save(run_dir)  # what this attempt runs on
     result = _train(run_dir, resolved, resume=True, nodes=nodes)
-    report.write_report(run_dir)
+    report.write_report(run_dir, to_board=True)
     return result
 
 

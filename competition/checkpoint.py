@@ -18,6 +18,7 @@ import pandas as pd
 import paddle
 from paddle import nn
 
+from .board import BoardLog
 from .config import Config
 from .errors import CompetitionError
 from .folders import CHECKPOINT, CONFIG_JSON, VALIDATION
@@ -112,13 +113,18 @@ class RunWriter:
         self.run_dir, self.active = Path(run_dir), active
         # Rank 0 of a launched run shows its progress through a file; the launching process draws the bar.
         self.progress = ProgressFile(self.run_dir) if active and launched else None
+        self.board = BoardLog(self.run_dir, active)  # runs/<run>/vdl/ for competition board
 
     @contextlib.contextmanager
     def logging(self) -> Iterator[None]:
-        """Rank 0 logs to the console and train.log; other ranks only warn (their launcher log keeps it)."""
+        """Rank 0 logs to the console and train.log (and closes the board log as it ends, stopped or not);
+        other ranks only warn (their launcher log keeps it)."""
         if self.active:
             with _log_to(self.run_dir / "train.log"):
-                yield
+                try:
+                    yield
+                finally:
+                    self.board.close()
             return
         level = log.level
         log.setLevel(logging.WARNING)
@@ -144,9 +150,11 @@ class RunWriter:
                 paddle.save(model.state_dict(), str(tmp))
 
     def epoch(self, state: TrainState, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
-              losses: list[float]) -> None:
-        """Write the epoch's figures and everything a resume needs."""
+              losses: list[float], interval: tuple[float, float]) -> None:
+        """Write the epoch's figures (`interval`: its validation accuracy's 95% bounds) and everything a resume
+        needs."""
         if self.active:
+            self.board.epoch(state.history[-1], interval, losses)
             append_step_losses(self.run_dir, state.epoch, losses)
             write_summary(self.run_dir, state.history)
             save_state(self.run_dir, model, optimizer, state)

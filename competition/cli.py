@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from . import api, cv, ensemble, folders, parallel, plan, report, submission, tune
+from . import api, board, cv, ensemble, folders, parallel, plan, report, submission, tune
 from .bench import BenchSettings, run_bench
 from .config import (BUDGETS, CONV_CHOICES, ENSEMBLES, FOLDS, OPTIMIZERS, PRECISIONS, PRESETS, RUNS_DIR,
                      SCHEDULES, SUBMISSION, Config, from_preset, option_flag)
@@ -84,6 +84,21 @@ def _cv_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_cv)
 
 
+def _board_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("board", help="watch runs (their losses, accuracies, learning rate, pictures) in VisualDL")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run, cv, ensemble or study folders (default: all of "
+                   "--runs-dir)")
+    p.add_argument("--runs-dir", default=RUNS_DIR, metavar="DIR", help=f"default {RUNS_DIR}/")
+    _add_viewer_options(p, "VisualDL", board.PORTS["visualdl"])
+    p.set_defaults(func=cmd_board)
+
+
+def _add_viewer_options(p: argparse.ArgumentParser, viewer: str, port: int) -> None:
+    p.add_argument("--port", type=int, metavar="N", help=f"{viewer}'s port (default {port})")
+    p.add_argument("--host", metavar="ADDRESS", help="where it listens (default 127.0.0.1, this machine only; "
+                   "0.0.0.0 for every network)")
+
+
 def _tune_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="search a recipe's hyper-parameters with Optuna; each trial is a run folder",
                        argument_default=argparse.SUPPRESS)
@@ -95,6 +110,9 @@ def _tune_parser(sub: argparse._SubParsersAction) -> None:
                    "journal:FILE (default sqlite:///RUNS_DIR/tune.db)")
     p.add_argument("--show", action="store_true", help="print the study's trials, best parameters and the command "
                    "that trains them; write its history and parameter importances as PNGs")
+    p.add_argument("--board", action="store_true", help="watch the studies (--study: that one) in optuna-dashboard "
+                   "until Ctrl-C")
+    _add_viewer_options(p, "optuna-dashboard", board.PORTS["optuna-dashboard"])
     _add_recipe_options(p)
     p.add_argument("--val-size", type=_val_size, metavar="N|FRACTION",
                    help=f"validation rows that score each trial (default {tune.VAL_SIZE}, or a fifth of --rows: a "
@@ -233,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _cv_parser(sub)
     _tune_parser(sub)
+    _board_parser(sub)
     _predict_parsers(sub)
     _submission_parsers(sub)
     _report_parsers(sub)
@@ -346,8 +365,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     trials, timeout, show = given.pop("trials", None), given.pop("timeout", None), given.pop("show", False)
     storage, preset = given.pop("storage", None), given.get("preset")
-    name = given.pop("study", None) or preset or given.get("model") or Config().model
     runs_dir = given.get("runs_dir", Config().runs_dir)
+    port, host = given.pop("port", None), given.pop("host", None) or "127.0.0.1"
+    if given.pop("board", False):
+        url, page = tune.dashboard_target(given.get("study"), storage, runs_dir)
+        return board.serve_study(url, page, host, port)
+    name = given.pop("study", None) or preset or given.get("model") or Config().model
     if show:
         study = tune.load_study(name, storage, runs_dir)
     else:
@@ -374,6 +397,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         for path in tune.write_plots(study, Path(runs_dir) / f"tune-{name}"):
             print(path)
     return 0
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    """VisualDL on the runs folder or the named folders, until Ctrl-C or SIGTERM."""
+    return board.serve_runs([Path(run) for run in args.runs], args.runs_dir, args.host or "127.0.0.1", args.port)
 
 
 def cv_line(result: "cv.CvResult") -> str:

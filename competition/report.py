@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from . import checkpoint, folders  # noqa: E402
+from . import board, checkpoint, folders  # noqa: E402
 from .checkpoint import VALIDATION_JSON, Validation  # noqa: E402
 from .config import Config  # noqa: E402
 from .data import CLASS_NAMES, SIDE, ImageTable  # noqa: E402
@@ -262,9 +262,10 @@ def show_data(table: ImageTable, n: int, out: Path, title_by: str = "auto") -> P
 
 # --- the report -----------------------------------------------------------------------------
 
-def write_report(run_dir: Path) -> list[Path]:
+def write_report(run_dir: Path, to_board: bool = False) -> list[Path]:
     """Write a run's pictures, per-class table and report.md from its folder alone (nothing is evaluated:
-    the validation rows and the best checkpoint's probabilities on them are in validation.npz)."""
+    the validation rows and the best checkpoint's probabilities on them are in validation.npz); `to_board`
+    (once, as training ends): the confusion matrix and the mistakes in its VisualDL log too."""
     run_dir = Path(run_dir)
     summary = checkpoint.read_summary(run_dir)
     config = Config.load(run_dir / folders.CONFIG_JSON)
@@ -280,6 +281,8 @@ def write_report(run_dir: Path) -> list[Path]:
     with checkpoint.atomic_path(run_dir / REPORT) as tmp:
         tmp.write_text(text)
     written.append(run_dir / REPORT)
+    if to_board and val is not None:
+        board.add_images(run_dir, {"report/confusion": run_dir / CONFUSION, "report/mistakes": run_dir / MISTAKES})
     log.info("report of %s: %s", run_dir, ", ".join(p.name for p in written))
     return written
 

@@ -318,8 +318,8 @@ def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimiz
                 writer.best(model)
         if ema is not None:
             state.ema = ema.state()
-        writer.epoch(state, model, optimizer, losses)
         low, high = wilson_interval(row["val_acc"], val_rows)  # nan without a validation split
+        writer.epoch(state, model, optimizer, losses, (low, high))
         log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f (%.4f-%.4f) lr %.2g %.1fs",
                  epoch, config.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"], low,
                  high, lr, row["seconds"])

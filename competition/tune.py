@@ -281,6 +281,19 @@ def load_study(study_name: str, storage_url: Optional[str], runs_dir: str) -> op
                                f"it has {', '.join(names) if names else 'none'}.") from None
 
 
+def dashboard_target(study_name: Optional[str], storage_url: Optional[str], runs_dir: str) -> tuple[str, str]:
+    """What optuna-dashboard opens: (the storage URL, the page of `study_name` or "" for the study list);
+    one clear line for a storage that holds no study yet, or a study it does not hold."""
+    url = storage_url or f"sqlite:///{Path(runs_dir) / DEFAULT_DB}"
+    if storage_url is None and not (Path(runs_dir) / DEFAULT_DB).is_file():
+        raise CompetitionError(f"no studies yet in {Path(runs_dir) / DEFAULT_DB}: start one with "
+                               "competition tune --trials N (or name another with --storage URL).")
+    if study_name is None:
+        return url, ""
+    study = load_study(study_name, storage_url, runs_dir)
+    return url, f"/dashboard/studies/{study._study_id}"
+
+
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, value, epochs reported, seconds, run folder and parameters."""
     rows = []

@@ -70,6 +70,14 @@ def test_installs_the_kernel_headers_alone_and_goes_on_without_them(repo: Path) 
     assert calls(repo)[-2:] == ["-m competition train --preset default --epochs 1", "-m competition predict --tta 6"]
 
 
+def test_the_boards_are_installed_apart_and_training_goes_on_without_them(repo: Path) -> None:
+    boards = "-m pip install --quiet -e .[board]"
+    result = run_sh(repo, "--epochs", "1", FAKE_FAIL=boards)
+    assert boards in calls(repo)
+    assert result.returncode == 0 and "training works without the boards" in result.stderr
+    assert calls(repo)[-2:] == ["-m competition train --preset default --epochs 1", "-m competition predict --tta 6"]
+
+
 def test_the_headers_installed_are_the_ones_the_package_names(repo: Path) -> None:
     (repo / "competition" / "onednn-headers.txt").write_text("onednn-devel==2099.1\n")
     assert run_sh(repo, "--epochs", "1").returncode == 0

@@ -110,7 +110,7 @@ def display_name(run_dir: Path) -> str:
     folder's name (`<cv>/fold2`), other runs under their own."""
     run_dir = Path(run_dir)
     parent = run_dir.parent
-    if folders.kind(parent) != "run" or parent.name.startswith("tune-"):
+    if folders.kind(parent) != "run" or folders.is_study(parent):
         return f"{parent.name}/{run_dir.name}"
     return run_dir.name
 
@@ -165,7 +165,7 @@ def _serve(program: str, code: str, args: list[str], host: str, port: int, alive
                                  stderr=subprocess.STDOUT, start_new_session=True)
         try:
             with parallel.stop_signals_interrupt():
-                _wait_until_up(child, output, f"http://{host}:{port}{alive}", name, port)
+                _wait_until_up(child, output, f"http://{host}:{port}{alive}", name, host, port, program)
                 shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
                 print(f"{name}: http://{shown}:{port}{page}  (Ctrl-C stops it)", flush=True)
                 status = child.wait()
@@ -183,19 +183,23 @@ def _check_port(host: str, port: int, program: str) -> None:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise CompetitionError(f"port {port} on {host} is in use (another {program}?); "
-                                       "pick another with --port N.") from None
+                raise _in_use(host, port, program) from None
             raise CompetitionError(f"--host {host} --port {port}: cannot listen there ({exc.strerror}).") from None
 
 
-def _wait_until_up(child: subprocess.Popen, output: Any, url: str, name: str, port: int) -> None:
+def _in_use(host: str, port: int, program: str) -> CompetitionError:
+    return CompetitionError(f"port {port} on {host} is in use (another {program}?); pick another with --port N.")
+
+
+def _wait_until_up(child: subprocess.Popen, output: Any, url: str, name: str, host: str, port: int,
+                   program: str) -> None:
     deadline = time.monotonic() + START_S
     while time.monotonic() < deadline:
         if child.poll() is not None:
             raise CompetitionError(f"{name} did not start (exit {child.returncode}): {_last_line(output)}")
         output.seek(0)
         if "Address already in use" in output.read():  # VisualDL says so, then hangs instead of exiting
-            raise CompetitionError(f"port {port} is in use; pick another with --port N.")
+            raise _in_use(host, port, program)
         with contextlib.suppress(urllib.error.URLError, OSError):
             with urllib.request.urlopen(url, timeout=2):
                 return

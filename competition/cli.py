@@ -394,7 +394,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"{accuracy_text(best.value, best.user_attrs.get('val_rows', 0))}; parameters {best.params}")
         print(f"train it again: {tune.best_command(study)}")
     if show:
-        for path in tune.write_plots(study, Path(runs_dir) / f"tune-{name}"):
+        for path in tune.write_plots(study, folders.study_dir(runs_dir, name)):
             print(path)
     return 0
 

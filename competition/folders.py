@@ -3,7 +3,8 @@
 - a run: runs/<time>-<model>/ with config.json, best.pdparams, validation.npz … (checkpoint writes them);
 - a cv: runs/<time>-cv-<model>/ with cv.json and fold1 … foldK, each a run (cv writes cv.json);
 - an ensemble: runs/<time>-ensemble-<preset>/ with ensemble.json and member1 … memberM, each a run
-  (ensemble writes ensemble.json).
+  (ensemble writes ensemble.json);
+and a tune study's folder, runs/tune-<study>/, holding its trials' runs.
 Nothing here imports Paddle, so a viewer of the runs folder stays light.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ VALIDATION = "validation.npz"  # the validation rows and the best checkpoint's p
 CV_JSON = "cv.json"  # marks a cv folder (competition cv): its configuration, then its figures
 ENSEMBLE_JSON = "ensemble.json"  # marks an ensemble folder (an ensemble preset): its members' configurations
 
+STUDY_PREFIX = "tune-"  # runs/tune-<study>/: a study's trial runs
 Kind = Literal["run", "cv", "ensemble"]
 
 
@@ -57,6 +59,16 @@ def is_cv(folder: Path) -> bool:
 def is_ensemble(folder: Path) -> bool:
     """Whether `folder` is an ensemble folder (an ensemble preset's runs)."""
     return (Path(folder) / ENSEMBLE_JSON).is_file()
+
+
+def study_dir(runs_dir: str, study: str) -> Path:
+    """The folder of a tune study's trial runs (and its plots): runs/tune-<study>/."""
+    return Path(runs_dir) / f"{STUDY_PREFIX}{study}"
+
+
+def is_study(folder: Path) -> bool:
+    """Whether `folder` is named as a tune study's folder."""
+    return Path(folder).name.startswith(STUDY_PREFIX)
 
 
 def fold_dir(cv_dir: Path, fold: int) -> Path:

@@ -251,7 +251,7 @@ def tune(base: Config, fixed: dict[str, Any], trials: int, timeout_min: Optional
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's end is logged below, in our words
     with _one_at_a_time(storage_url, base.runs_dir):
         study = _load_or_create(study_name, open_storage(storage_url, base.runs_dir), base, fixed)
-    study_dir = Path(base.runs_dir) / f"tune-{study_name}"
+    study_dir = folders.study_dir(base.runs_dir, study_name)
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < trials:
         study.optimize(lambda trial: run_trial(trial, base, fixed, trials, study_dir), catch=(_Surplus,),
                        timeout=None if timeout_min is None else timeout_min * 60,
@@ -284,10 +284,10 @@ def load_study(study_name: str, storage_url: Optional[str], runs_dir: str) -> op
 def dashboard_target(study_name: Optional[str], storage_url: Optional[str], runs_dir: str) -> tuple[str, str]:
     """What optuna-dashboard opens: (the storage URL, the page of `study_name` or "" for the study list);
     one clear line for a storage that holds no study yet, or a study it does not hold."""
-    url = storage_url or f"sqlite:///{Path(runs_dir) / DEFAULT_DB}"
     if storage_url is None and not (Path(runs_dir) / DEFAULT_DB).is_file():
         raise CompetitionError(f"no studies yet in {Path(runs_dir) / DEFAULT_DB}: start one with "
                                "competition tune --trials N (or name another with --storage URL).")
+    url = _storage_url(storage_url, runs_dir)
     if study_name is None:
         return url, ""
     study = load_study(study_name, storage_url, runs_dir)

@@ -454,7 +454,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"submission: {result.path} ({result.rows} rows; archived as {result.archived})")
     planned = plan.load(run_dirs[0]) if len(run_dirs) == 1 and plan.STARTED_ENV in os.environ else None
     if planned is not None and planned.get("started") == plan.command_started():  # run.sh: the run it trained
-        print(plan.whole_line(planned))
+        print(plan.finish_command(run_dirs[0], planned))
     return 0
 
 

@@ -372,6 +372,15 @@ def mean_over_ranks(metrics: dict[str, float]) -> dict[str, float]:
     return {**metrics, "loss": loss / samples, "acc": correct / samples, "samples": samples}
 
 
+def from_rank0(value: int) -> int:
+    """Rank 0's integer on every rank (unchanged for one process)."""
+    if world()[1] == 1:
+        return value
+    number = paddle.to_tensor([value], dtype="int64")
+    dist.broadcast(number, src=0)
+    return int(number.item())
+
+
 def copy_rank0_state(model: paddle.nn.Layer) -> None:
     """Give every rank rank 0's weights and buffers: gradients keep weights equal, BatchNorm statistics are per rank."""
     if world()[1] > 1:

@@ -6,7 +6,8 @@ steps at a model shape. The probe (probe.py, the same timing that --conv auto de
 gives this machine's seconds a step and a validation image for each shape; the fixed costs (start-up, the
 end-of-training scoring, the six-view prediction) are measured constants below. The plan picks the most accurate
 recipe whose prediction fits the budget less MARGIN, and is kept in the run folder (plan.json): a resumed run
-keeps it, and the training loop warns when it falls behind.
+keeps it. The training loop keeps to it: when its epochs head more than REPLAN off their planned time, the
+remaining epochs are planned again (paced_epochs) and the schedule laid out for the new length.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ MARGIN = 0.20
 # the same shapes at 13:03 (Xeon, AVX-512 and AVX2 cap).
 SPEED_CHECKS = 2
 BEHIND = 0.10  # the training loop warns once its epochs run this much over the plan
+# After each epoch the run's epochs are counted again when, at the pace so far, they would end this far off their
+# planned time: the host's speed moved by 10-30% within runs and between runs minutes apart (BENCHMARKS.md).
+REPLAN = 0.05
 
 # The cost model, fitted to the grid runs of BENCHMARKS.md's "Time budgets" (2-core Xeon, AVX-512, float32): a
 # training step takes STEP_FACTOR x the probe's bare step (random data, no loader, no all-reduce) plus STEP_S (the
@@ -93,6 +97,7 @@ class Recipe:
 
     members: tuple[tuple[str, Optional[int], int], ...]
     accuracy: float
+    most: tuple[int, ...] = ()  # each member's most epochs measured: a re-plan may lengthen it up to there
 
     def configs(self, options: dict[str, Any]) -> list[Config]:
         """Each member's configuration: its preset, width and epochs with `options` on top."""
@@ -114,9 +119,11 @@ def candidates() -> list[Recipe]:
     for line in LINES:
         measured = sorted(line.accuracy)
         for epochs in range(measured[0], measured[-1] + 1):
-            found.append(Recipe(((line.preset, line.width, epochs),), _interpolated(line.accuracy, epochs)))
-    for members, accuracy in ENSEMBLE_RECIPES:
-        found.append(Recipe(tuple((preset, None, epochs) for preset, epochs in members), accuracy))
+            found.append(Recipe(((line.preset, line.width, epochs),), _interpolated(line.accuracy, epochs),
+                                (measured[-1],)))
+    for members, accuracy in ENSEMBLE_RECIPES:  # measured as pairs: each member keeps its epochs
+        found.append(Recipe(tuple((preset, None, epochs) for preset, epochs in members), accuracy,
+                            tuple(epochs for _, epochs in members)))
     return found
 
 
@@ -213,6 +220,7 @@ def make(minutes: float, options: dict[str, Any], rows: tuple[int, int], started
     record = {"minutes": minutes, "machine": machine, "started": started, "spent_before_s": round(elapsed, 1),
               "runs": runs, "rows": list(rows), "margin": MARGIN, "choice": table[best]["recipe"],
               "accuracy": found[best].accuracy, **{k: v for k, v in table[best].items() if k.endswith("_s")},
+              "most_epochs": list(found[best].most),
               "why": _why(table, best, limit) + "".join(f"; this hour {c['shape']} runs at {1 / c['factor']:.2f} x "
                                                         "the speed of the cached probe" for c in checks),
               "speed_checks": checks,
@@ -351,26 +359,31 @@ def _why(table: list[dict[str, Any]], best: int, limit: float) -> str:
 
 def load(folder: Path) -> Optional[dict[str, Any]]:
     """The plan of a run, ensemble or cv folder (or of the one holding it: a member, a fold); None if unplanned."""
-    for place in (Path(folder), Path(folder).parent):
-        path = place / PLAN_JSON
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise CompetitionError(f"{path}: cannot read the run's plan ({exc}).") from None
-    return None
+    place = _home(folder)
+    if place is None:
+        return None
+    try:
+        return json.loads((place / PLAN_JSON).read_text())
+    except (OSError, ValueError) as exc:
+        raise CompetitionError(f"{place / PLAN_JSON}: cannot read the run's plan ({exc}).") from None
 
 
-def planned_epoch_seconds(run_dir: Path) -> Optional[float]:
-    """The seconds an epoch of this run (a run, an ensemble's member k, a cv fold) was planned to take."""
+def _home(folder: Path) -> Optional[Path]:
+    """The folder whose plan.json plans `folder`: itself, or the ensemble or cv holding it."""
+    return next((place for place in (Path(folder), Path(folder).parent) if (place / PLAN_JSON).is_file()), None)
+
+
+def member_plan(run_dir: Path) -> Optional[dict[str, float]]:
+    """What the plan gave this run (a run, an ensemble's member k, a cv fold): `epoch_s`, the seconds an epoch
+    was planned to take, and `most`, the most epochs a re-plan may give it (0: no more than planned)."""
     record = load(run_dir)
     if record is None:
         return None
-    seconds = record["epoch_s"]
-    name = Path(run_dir).name
-    if len(seconds) > 1 and name.startswith("member") and name[6:].isdigit():
-        return seconds[int(name[6:]) - 1]
-    return seconds[0]
+    name, k = Path(run_dir).name, 0
+    if len(record["epoch_s"]) > 1 and name.startswith("member") and name[6:].isdigit():
+        k = int(name[6:]) - 1
+    most = record.get("most_epochs") or []  # plans before re-planning have none
+    return {"epoch_s": record["epoch_s"][k], "most": most[k] if k < len(most) else 0}
 
 
 def behind_line(epochs_done: int, seconds: float, planned: float, epochs: int) -> Optional[str]:
@@ -384,16 +397,54 @@ def behind_line(epochs_done: int, seconds: float, planned: float, epochs: int) -
             f"{late / 60:.1f} min late")
 
 
+def paced_epochs(done: int, seconds: float, planned_s: float, planned_epochs: int, epochs: int, most: int) -> int:
+    """The epochs that end the run's training when the plan said (`planned_epochs` of `planned_s` seconds) at the
+    pace of the `done` epochs so far (`seconds` in all): `epochs` while that holds within REPLAN, else as many
+    as fit, at least one more and at most `most` (the most measured; never fewer than `epochs`' own plan)."""
+    allotted = planned_epochs * planned_s
+    pace = seconds / max(done, 1)
+    if done >= epochs or abs(seconds + (epochs - done) * pace - allotted) <= REPLAN * allotted:
+        return epochs
+    return max(done + 1, min(max(most, planned_epochs), done + round((allotted - seconds) / pace)))
+
+
+def replan_line(done: int, seconds: float, planned_s: float, before: int, after: int) -> str:
+    """The log's line when a run's epochs are planned again."""
+    return (f"re-planned: {before} -> {after} epochs, so that training ends when planned ({done} epoch"
+            f"{'s' if done > 1 else ''} took {seconds / 60:.1f} min, planned {done * planned_s / 60:.1f}); the "
+            f"learning-rate schedule now ends at epoch {after}")
+
+
+def record_replan(run_dir: Path, done: int, before: int, after: int) -> None:
+    """Add a re-plan to plan.json (the run's, or its ensemble's or cv's), so that the end line and a reader of
+    the plan see it; the run's config.json holds its new epochs."""
+    place = _home(run_dir)
+    if place is not None:
+        record = load(place) or {}
+        entry = {"run": "" if place == Path(run_dir) else Path(run_dir).name, "after_epoch": done, "from": before,
+                 "to": after}  # "": the run itself
+        Plan([], {**record, "replans": [*record.get("replans", []), entry]}).save(place)
+
+
 def finish(folder: Path, record: dict[str, Any]) -> str:
     """At the end of training: record the actual seconds from the command's start in plan.json; the end line."""
-    record = {**record, "trained_actual_s": round(time.time() - record["started"], 1)}
+    record = {**(load(folder) or record), "trained_actual_s": round(time.time() - record["started"], 1)}
     Plan([], record).save(folder)
     return end_line(record)
 
 
-def whole_line(record: dict[str, Any]) -> str:
-    """After the test prediction (run.sh): the whole command's minutes against the plan's."""
+def finish_command(folder: Path, record: dict[str, Any]) -> str:
+    """After the test prediction (run.sh): record the whole command's seconds in plan.json (`actual_s`); the line
+    that sets them against the plan's."""
     actual = time.time() - record["started"]
+    place = _home(folder)
+    if place is not None:
+        Plan([], {**(load(place) or record), "actual_s": round(actual, 1)}).save(place)
+    return whole_line(record, actual)
+
+
+def whole_line(record: dict[str, Any], actual: float) -> str:
+    """The whole command's minutes against the plan's."""
     return (f"{record['minutes']:g}-minute budget: the whole command took {actual / 60:.1f} min, predicted "
             f"{record['predicted_s'] / 60:.1f} ({actual / record['predicted_s'] - 1:+.0%})")
 
@@ -402,6 +453,9 @@ def end_line(record: dict[str, Any], now: Optional[float] = None) -> str:
     """Predicted against actual minutes from the command's start, at the end of training (the test prediction,
     which the plan also counts, comes after it)."""
     actual = (now or time.time()) - record["started"]
-    return (f"{record['minutes']:g}-minute budget, {record['choice']}: training ended {actual / 60:.1f} min after the "
-            f"command started, predicted {record['trained_s'] / 60:.1f} ({actual / record['trained_s'] - 1:+.0%}); "
+    last = {entry["run"]: entry["to"] for entry in record.get("replans", [])}
+    replanned = "".join(f" ({run + ' ' if run else ''}re-planned to {n} epochs)" for run, n in last.items())
+    return (f"{record['minutes']:g}-minute budget, {record['choice']}{replanned}: training ended {actual / 60:.1f} "
+            f"min after the command started, predicted {record['trained_s'] / 60:.1f} "
+            f"({actual / record['trained_s'] - 1:+.0%}); "
             f"{record['predicted_s'] / 60:.1f} min predicted with the six-view test prediction")

@@ -10,7 +10,7 @@ import random
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -255,13 +255,16 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
         val_loader = make_loader(FashionMNIST(table.images[val_rows], table.labels[val_rows]), EVAL_BATCH,
                                  shuffle=False) if len(val_idx) else None
         progress = writer.progress or (EpochBar() if rank == 0 else None)
+        given = None if resume else plan.member_plan(run_dir)  # a resumed run keeps its epochs: no clock to keep
+        paced = _Pace(given["epoch_s"], int(given["most"]), config.epochs) if given else None
         try:
-            _epochs(config, model, optimizer, scheduler, ema, train_loader, (val_loader, len(val_idx)), state,
-                    writer, progress)
+            config = _epochs(config, model, (optimizer, scheduler), ema, train_loader, (val_loader, len(val_idx)),
+                             state, writer, progress, paced)
             writer.export()
             writer.finish(_score_validation(run_dir, table, val_idx) if writer.active else None)
         except KeyboardInterrupt:
-            stage = (f"during epoch {state.epoch + 1}" if state.epoch < config.epochs
+            epochs = Config.load(run_dir / folders.CONFIG_JSON).epochs  # a re-plan's, if there was one
+            stage = (f"during epoch {state.epoch + 1}" if state.epoch < epochs
                      else "after the last epoch, while exporting the model")
             raise TrainingInterrupted(f"interrupted {stage}; epochs 1-{state.epoch} are saved in {run_dir}; "
                                       f"continue with: competition train --resume {run_dir}") from None
@@ -290,18 +293,22 @@ def _start_state(writer: RunWriter, model: nn.Layer, optimizer: paddle.optimizer
     return state
 
 
-def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
-            scheduler: paddle.optimizer.lr.LRScheduler, ema: Optional[WeightAverage],
-            train_loader: paddle.io.DataLoader, validation: tuple[Optional[paddle.io.DataLoader], int],
-            state: TrainState, writer: RunWriter, progress: Optional[Progress]) -> None:
-    """Train one epoch, evaluate, record: from the epoch after the saved one to the last.
+def _epochs(config: Config, model: nn.Layer,
+            optimizing: tuple[paddle.optimizer.Optimizer, paddle.optimizer.lr.LRScheduler],
+            ema: Optional[WeightAverage], train_loader: paddle.io.DataLoader,
+            validation: tuple[Optional[paddle.io.DataLoader], int], state: TrainState, writer: RunWriter,
+            progress: Optional[Progress], paced: Optional["_Pace"] = None) -> Config:
+    """Train one epoch, evaluate, record: from the epoch after the saved one to the last; the configuration that
+    ran (a planned run's epochs, `paced`, are counted again when it runs off its plan: _keep_to_plan).
 
     `validation` is this rank's validation loader and the number of validation rows over all ranks.
     """
+    optimizer, scheduler = optimizing
     val_loader, val_rows = validation
     net = paddle.DataParallel(model) if parallel.world()[1] > 1 else model  # averages gradients over ranks
-    pace = plan.planned_epoch_seconds(writer.run_dir) if writer.active else None
-    for epoch in range(state.epoch + 1, config.epochs + 1):
+    epoch = state.epoch
+    while epoch < config.epochs:
+        epoch += 1
         started = time.perf_counter()
         train_loader.dataset.set_epoch(config.seed * 100_003 + epoch)  # the shuffle follows --seed
         lr = optimizer.get_lr()  # the rate the epoch starts with
@@ -318,17 +325,55 @@ def _epochs(config: Config, model: nn.Layer, optimizer: paddle.optimizer.Optimiz
                 writer.best(model)
         if ema is not None:
             state.ema = ema.state()
+        if paced is not None:
+            config, scheduler = _keep_to_plan(config, (optimizer, scheduler), state, writer, paced,
+                                              epoch_steps(train_loader, config.max_steps))
         low, high = wilson_interval(row["val_acc"], val_rows)  # nan without a validation split
         writer.epoch(state, model, optimizer, losses, (low, high))
         log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f (%.4f-%.4f) lr %.2g %.1fs",
                  epoch, config.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"], low,
                  high, lr, row["seconds"])
-        if pace is not None:
-            behind = plan.behind_line(len(state.history), sum(r["seconds"] for r in state.history), pace,
-                                      config.epochs)
-            if behind is not None:
-                log.warning("%s", behind)
-                pace = None  # said once; the end of training prints predicted against actual
+    return config
+
+
+@dataclass
+class _Pace:
+    """What a planned run keeps to: its plan's seconds an epoch, the most epochs it may have, the epochs it was
+    planned with; and whether it has said it is behind."""
+
+    epoch_s: float
+    most: int
+    epochs: int
+    warned: bool = False
+
+
+def _keep_to_plan(config: Config, optimizing: tuple[paddle.optimizer.Optimizer, paddle.optimizer.lr.LRScheduler],
+                  state: TrainState, writer: RunWriter, pace: _Pace, steps_per_epoch: int
+                  ) -> tuple[Config, paddle.optimizer.lr.LRScheduler]:
+    """After an epoch of a planned run: warn once when it is behind its plan, and count its epochs again when
+    they would end over plan.REPLAN off the planned time (rank 0 decides for every rank). A new count lays the
+    schedule out again from the step reached and is saved in config.json (and plan.json) before the epoch's
+    checkpoint, so a resume goes on with it."""
+    optimizer, scheduler = optimizing
+    done, seconds = len(state.history), sum(r["seconds"] for r in state.history)
+    behind = plan.behind_line(done, seconds, pace.epoch_s, config.epochs)
+    if writer.active and behind is not None and not pace.warned:
+        log.warning("%s", behind)
+        pace.warned = True
+    epochs = parallel.from_rank0(plan.paced_epochs(done, seconds, pace.epoch_s, pace.epochs, config.epochs,
+                                                   pace.most))  # the ranks' clocks differ: one count for all
+    if epochs == config.epochs:
+        return config, scheduler
+    if writer.active:
+        log.warning("%s", plan.replan_line(done, seconds, pace.epoch_s, config.epochs, epochs))
+        plan.record_replan(writer.run_dir, done, config.epochs, epochs)
+    config = replace(config, epochs=epochs)
+    laid_out = build_schedule(config, steps_per_epoch)
+    laid_out.step(scheduler.last_epoch)  # the steps taken, on the new length's schedule
+    optimizer.set_lr_scheduler(laid_out)
+    if writer.active:
+        checkpoint.save_config(writer.run_dir, config)
+    return config, laid_out
 
 
 def evaluate_on_every_rank(model: nn.Layer, val_loader: Optional[paddle.io.DataLoader]) -> dict[str, float]:

@@ -1,13 +1,16 @@
 """Time budgets: the planner picks what fits this machine's speed, records the plan and keeps it, refuses too little."""
 from __future__ import annotations
 
+import io
 import json
+import pickle
 import time
 from pathlib import Path
 
+import paddle
 import pytest
 
-from competition import api, plan, probe
+from competition import api, checkpoint, plan, probe
 from competition.cli import main
 from competition.config import Config
 from competition.errors import CompetitionError
@@ -145,29 +148,52 @@ def test_a_too_small_budget_on_the_command_line_is_one_line_and_writes_nothing(
     assert not runs.exists()
 
 
-def test_a_budgeted_run_records_its_plan_warns_behind_it_and_keeps_it_on_resume(
-        monkeypatch: pytest.MonkeyPatch, real_data: dict, tmp_path: Path) -> None:
-    # A machine a thousand times faster than this one on paper: every real epoch is behind the plan.
+def test_a_budgeted_run_records_its_plan_falls_behind_is_replanned_and_keeps_it_on_resume(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, real_data: dict, tmp_path: Path) -> None:
+    # A machine a thousand times faster than this one on paper: every real epoch is behind the plan. Two
+    # processes, which must agree on the new count.
     monkeypatch.setenv(plan.STARTED_ENV, str(time.time()))  # the command starts now, not with the test process
     monkeypatch.setattr(plan, "_timings", fake_timings(1000.0))
     monkeypatch.setattr(plan, "STEP_S", 0.0)
     monkeypatch.setattr(plan, "LINES", (plan.Line("quick", None, {2: 0.5, 3: 0.6}, "a short table"),))
     runs = tmp_path / "runs"
     assert main(["train", "--minutes", "1", "--model", "cnn", "--train", str(real_data["train"]), "--val-size", "100",
-                 "--runs-dir", str(runs)]) == 0
+                 "--nproc", "2", "--runs-dir", str(runs)]) == 0
     (run_dir,) = runs.iterdir()
     record = json.loads((run_dir / plan.PLAN_JSON).read_text())
     config = Config.load(run_dir / "config.json")
-    assert record["choice"] == "cnn x 3 epochs" and config.epochs == 3 and config.minutes == 1
+    assert record["choice"] == "cnn x 3 epochs" and config.minutes == 1
     assert config.model == "cnn" and config.schedule == "onecycle"  # the quick preset's recipe
     log = (run_dir / "train.log").read_text()
     assert "1-minute budget on this CPU" in log and "cnn x 3 epochs, predicted" in log
-    assert "behind the plan: 1 epoch took" in log
-    assert 0 < json.loads((run_dir / plan.PLAN_JSON).read_text())["trained_actual_s"] < 600
+    assert "behind the plan: 1 epoch took" in log and "on cpu x2" in log
+    # far behind after epoch 1: one more epoch, the schedule laid out again to end there
+    assert "re-planned: 3 -> 2 epochs" in log and config.epochs == 2 and "epoch 2/2" in log
+    assert record["replans"] == [{"run": "", "after_epoch": 1, "from": 3, "to": 2}]
+    assert "cnn x 3 epochs (re-planned to 2 epochs): training ended" in plan.end_line(record)
+    summary = checkpoint.read_summary(run_dir)
+    assert len(summary) == 2
+    # 300 rows, batches of 256: 2 steps an epoch. Epoch 2 started on the 2-epoch schedule, which it ended.
+    two_epochs = build_schedule(config, 2)
+    two_epochs.step(2)
+    assert summary["lr"].iloc[1] == pytest.approx(two_epochs.get_lr()) and _schedule_step(run_dir) == 4
+    assert 0 < record["trained_actual_s"] < 600
     monkeypatch.setattr(plan, "make", lambda *a, **k: pytest.fail("planned again"))
     before = (run_dir / plan.PLAN_JSON).read_text()
     api.resume(run_dir)
-    assert (run_dir / plan.PLAN_JSON).read_text() == before and Config.load(run_dir / "config.json").epochs == 3
+    assert (run_dir / plan.PLAN_JSON).read_text() == before and Config.load(run_dir / "config.json").epochs == 2
+    # run.sh's prediction, the command's last step, sets the whole command against the plan and records it
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run_dir), "--test", str(real_data["test"]), "--out",
+                 str(tmp_path / "submission.csv")]) == 0
+    assert "1-minute budget: the whole command took" in capsys.readouterr().out
+    assert json.loads((run_dir / plan.PLAN_JSON).read_text())["actual_s"] >= record["trained_actual_s"]
+
+
+def _schedule_step(run_dir: Path) -> int:
+    """The steps the saved learning-rate schedule has taken (last.ckpt's optimizer state)."""
+    state = pickle.loads((run_dir / checkpoint.LAST).read_bytes())
+    return paddle.load(io.BytesIO(state["optimizer"]))["LR_Scheduler"]["last_epoch"]
 
 
 def test_a_budget_whose_plan_is_an_ensemble_trains_its_members_in_one_folder(
@@ -203,3 +229,32 @@ def test_a_cv_budget_plans_one_recipe_for_every_fold(monkeypatch: pytest.MonkeyP
     assert record["runs"] == 2 and record["choice"] == "cnn x 2 epochs" and record["rows"] == [200, 200]
     for fold in (1, 2):
         assert Config.load(cv_dir / f"fold{fold}" / "config.json").epochs == 2
+
+
+@pytest.mark.parametrize("done, seconds, most, epochs", [
+    (4, 4 * 31.0, 22, 12),  # 3% slow: within REPLAN, the plan holds
+    (4, 4 * 36.0, 22, 10),  # 20% slow: 216 s left of 360 fit 6 more epochs of 36 s
+    (4, 4 * 24.0, 22, 15),  # 20% fast: 264 s left fit 11 more of 24 s
+    (4, 4 * 24.0, 13, 13),  # ... but never beyond the most epochs measured
+    (4, 4 * 24.0, 0, 12),  # a plan that gives no most keeps its length
+    (4, 4 * 90.0, 22, 5),  # far behind: one more epoch, so that the schedule still ends
+    (12, 12 * 36.0, 22, 12),  # the last epoch is done: nothing left to plan
+])
+def test_a_run_off_its_plan_is_given_the_epochs_that_end_when_planned(done: int, seconds: float, most: int,
+                                                                      epochs: int) -> None:
+    assert plan.paced_epochs(done, seconds, 30.0, 12, 12, most) == epochs
+
+
+def test_each_member_of_a_plan_is_paced_by_its_own_epochs(tmp_path: Path) -> None:
+    record = {"epoch_s": [20.0, 50.0], "most_epochs": [34, 36]}
+    (tmp_path / plan.PLAN_JSON).write_text(json.dumps(record))
+    assert plan.member_plan(tmp_path / "member2") == {"epoch_s": 50.0, "most": 36}
+    assert plan.member_plan(tmp_path / "fold3") == {"epoch_s": 20.0, "most": 34}
+    (tmp_path / plan.PLAN_JSON).write_text(json.dumps({"epoch_s": [20.0]}))  # a plan from before re-planning
+    assert plan.member_plan(tmp_path / "fold3") == {"epoch_s": 20.0, "most": 0}
+    assert plan.member_plan(tmp_path.parent / "elsewhere") is None
+
+
+def test_the_plan_records_how_far_a_re_plan_may_lengthen_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert planned(monkeypatch, 10, 1.0).record["most_epochs"] == [22]  # airnet 32, measured up to 22 epochs
+    assert planned(monkeypatch, 60, 4.0).record["most_epochs"] == [34, 36]  # an ensemble keeps its members'

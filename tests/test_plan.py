@@ -43,10 +43,10 @@ def planned(monkeypatch: pytest.MonkeyPatch, minutes: float, speed: float, **opt
 
 @pytest.mark.parametrize("minutes, speed, choice", [
     # at speed 1.2 an airnet 16 epoch is 98 steps of 1.07 x 0.067 s + 20 ms, and 0.4 s of validation: 9.4 s; with
-    # the fixed costs (start, end, scoring, prediction: 22.2 s) 7 epochs take 88 s, 8 take 97 s: over 96 s
-    (2, 1.2, "airnet 16 x 7 epochs"),
-    (10, 1.0, "airnet 32 x 18 epochs"),
-    (10, 0.25, "airnet 16 x 11 epochs"),  # a quarter of the speed: the narrower airnet
+    # the fixed costs (start, end, scoring, prediction: 17.2 s) 9 epochs take 102 s, 10 take 111 s: over 108 s
+    (2, 1.2, "airnet 16 x 9 epochs"),
+    (10, 1.0, "airnet 32 x 21 epochs"),
+    (10, 0.25, "airnet 16 x 13 epochs"),  # a quarter of the speed: the narrower airnet
     (60, 1.0, "airnet 64 x 36 epochs"),
     (60, 4.0, "resnet 32 x 34 + airnet 64 x 36 epochs"),  # four times faster: the measured ensemble
 ])

@@ -11,16 +11,18 @@ remaining epochs are planned again (paced_epochs) and the schedule laid out for 
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from . import kernels, parallel, probe
+from . import folders, kernels, parallel, probe
 from .config import BUDGETS, Config, from_preset  # noqa: F401  (BUDGETS: the presets' minutes)
 from .errors import CompetitionError
 from .files import atomic_path
@@ -34,23 +36,31 @@ TEST_ROWS = 10_000  # the contest's test file, predicted with six views after tr
 # AVX-512 and AVX2 cap, before re-planning: the host's speed moving within runs); re-planning holds the epochs to
 # their time, which leaves the fixed costs and a last epoch's slowdown: 20% -> 10% (BENCHMARKS.md, "Time budgets").
 MARGIN = 0.10
-# The chosen shape is timed again (a few seconds) and the cached probe scaled by it; if that changes the choice to
-# another shape, that one too, at most this many times. The cached probes of a quiet morning ran 4-26% slower than
-# the same shapes at 13:03 (Xeon, AVX-512 and AVX2 cap).
+# The cached probe is scaled by the pace of the last budgeted runs here (their epochs against the probe's
+# prediction, kept in the cache: probe.record_pace); the median of a shape's, else of every shape's. Before any run,
+# the chosen shape is timed again (a few seconds) and the probe scaled by that; if that changes the choice to
+# another shape, that one too, at most SPEED_CHECKS times. Against the runs after them, the checks of 56a3c8f were
+# off by -1% to +72% (the machine's speed at one moment, 3 steps); the paces of its runs were 0.70-0.90 of the
+# cache, each run within 10% of the others of its hour (Xeon, AVX-512 and AVX2 cap).
 SPEED_CHECKS = 2
 BEHIND = 0.10  # the training loop warns once its epochs run this much over the plan
 # After each epoch the run's epochs are counted again when, at the pace so far, they would end this far off their
 # planned time: the host's speed moved by 10-30% within runs and between runs minutes apart (BENCHMARKS.md).
 REPLAN = 0.05
+OVER = 0.25  # a re-plan's last epoch may end this share of an epoch after the planned time (the nearest count, 0.5,
+# lengthened a 10-minute airnet 32 from 11 to 13 epochs on an 11.5-epoch fit: Xeon, 2026-12-03)
 
 # The cost model, fitted to the grid runs of BENCHMARKS.md's "Time budgets" (2-core Xeon, AVX-512, float32): a
 # training step takes STEP_FACTOR x the probe's bare step (random data, no loader, no all-reduce) plus STEP_S (the
 # loader, the augmentation, the all-reduce, the weight average). Epochs against the model: cnn 12.4-14.5 s (13.9
 # predicted), airnet 16 12.8-15.5 s (14.4), airnet 32 35.6-38.4 s (36.7). Validation takes the probe's per-image time;
-# the end-of-training scoring (six views of every validation row, one process) SCORING_FACTOR x it.
+# the end-of-training scoring and the test prediction (six views of every row, one process, larger batches)
+# SCORING_FACTOR x it, by model: measured 0.37-0.46 for airnet 16 and 32 (AVX-512), 0.40-0.57 for airnet 16 (AVX2
+# cap), 0.20-0.30 for the cnn (AVX2 cap; Paddle's ops), at 56a3c8f.
 STEP_FACTOR = 1.07
 STEP_S = 0.02
-SCORING_FACTOR = 0.6
+SCORING_FACTOR = {"cnn": 0.3}
+SCORING_FACTOR_OTHERS = 0.5
 START_S = 5.0  # from the plan to the first epoch: the processes' start, the model (airnet 16 and 32: 4.4, 4.6 s)
 END_S = 3.0  # exporting the model and the report, besides the scoring (cnn 4.7-5.3 s in all)
 PREDICT_S = 3.0  # `competition predict`'s start and the test file, besides six views (airnet 16, AVX2: 7-8 s in all)
@@ -210,7 +220,11 @@ def make(minutes: float, options: dict[str, Any], rows: tuple[int, int], started
 
     table, best, elapsed = choose()
     cached, factors, checks = dict(timings), {}, []
-    for _ in range(SPEED_CHECKS):  # the cached probe, scaled to this hour's speed: choose again
+    paces = _paces(timings)
+    if paces:  # the cached probe at the pace the runs here kept
+        timings = {s: _scaled(t, paces[s]) if t.get("cached") else t for s, t in cached.items()}
+        table, best, elapsed = choose()
+    for _ in range(0 if paces else SPEED_CHECKS):  # the cached probe, scaled to this hour's speed: choose again
         shape = shapes[found[best]][0]
         check = None if shape in factors else _speed_check(shape, cached, device)
         if check is None:
@@ -224,8 +238,12 @@ def make(minutes: float, options: dict[str, Any], rows: tuple[int, int], started
               "accuracy": found[best].accuracy, **{k: v for k, v in table[best].items() if k.endswith("_s")},
               "most_epochs": list(found[best].most),
               "why": _why(table, best, limit) + "".join(f"; this hour {c['shape']} runs at {1 / c['factor']:.2f} x "
-                                                        "the speed of the cached probe" for c in checks),
+                                                        "the speed of the cached probe" for c in checks)
+              + (f"; the runs here kept {1 / paces[shapes[found[best]][0]]:.2f} x the speed of the cached probe"
+                 if paces else ""),
               "speed_checks": checks,
+              "shape_keys": [s.key() if timings[s].get("cached") else None for s in shapes[found[best]]],
+              "speed_factors": [timings[s].get("speed_factor", 1.0) for s in shapes[found[best]]],
               "timings": {shape.describe(): timings[shape] for shape in dict.fromkeys(shapes[found[best]])},
               "candidates": table}
     return Plan([replace(config, minutes=minutes) for config in found[best].configs(options)], record)
@@ -240,6 +258,29 @@ def _speed_check(shape: probe.Shape, timings: dict[probe.Shape, dict[str, Any]],
     step = probe.measure(shape)[timings[shape]["path"]]  # the path the cache chose (the cache is left as it is)
     return {"shape": shape.describe(), "cached_step_s": timings[shape]["step_s"], "step_s": round(step, 5),
             "factor": round(step / timings[shape]["step_s"], 3)}
+
+
+def _paces(timings: dict[probe.Shape, dict[str, Any]]) -> dict[probe.Shape, float]:
+    """Each cached shape's factor from the paces of the budgeted runs here (probe.record_pace): the median of
+    its own, else of every shape's; empty before any run."""
+    every = [p for t in timings.values() for p in t.get("paces", [])]
+    if not every:
+        return {}
+    return {s: statistics.median(t.get("paces") or every) for s, t in timings.items() if t.get("cached")}
+
+
+def learn_pace(folder: Path, record: dict[str, Any]) -> None:
+    """After training: each trained run's pace (median epoch seconds over the plan's, times the factor the plan
+    applied to the cached probe), kept in the probe's cache for the next plan on this machine."""
+    keys, factors = record.get("shape_keys"), record.get("speed_factors")
+    if not keys:
+        return  # a plan from before paces
+    for k, run in enumerate(folders.member_runs(Path(folder))):
+        member = k if len(keys) > 1 else 0  # an ensemble's members in order; every fold of a cv the one recipe
+        with open(run / "summary.csv", newline="") as f:
+            seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
+        if seconds and keys[member]:  # None: a shape probed in this plan (or a GPU's), at this hour's speed
+            probe.record_pace(keys[member], statistics.median(seconds) / record["epoch_s"][member] * factors[member])
 
 
 def _scaled(timing: dict[str, Any], factor: float) -> dict[str, Any]:
@@ -314,14 +355,15 @@ def _timings(shapes: list[probe.Shape], device: str) -> dict[probe.Shape, dict[s
         return {shape: probe.gpu_seconds(shape) for shape in dict.fromkeys(shapes)}
     found = probe.choose_all(list(dict.fromkeys(shapes)))
     return {shape: {"step_s": r[f"{r['choice']}_step_s"], "eval_image_s": r[f"{r['choice']}_eval_image_s"],
-                    "path": r["choice"], "cached": r.get("cached", False)} for shape, r in found.items()}
+                    "path": r["choice"], "cached": r.get("cached", False), "paces": r.get("paces", [])}
+            for shape, r in found.items()}
 
 
 def _costs(configs: list[Config], shapes: list[probe.Shape], timings: dict, rows: tuple[int, int],
            runs: int) -> dict[str, Any]:
     """Predicted seconds of every member (x runs), from the start of training to the written submission."""
     train_rows, val_rows = rows
-    total, epoch_s, image_s = 0.0, [], 0.0
+    total, epoch_s, test_image_s = 0.0, [], 0.0
     for config, shape in zip(configs, shapes):
         t = timings[shape]
         steps = math.ceil(train_rows / shape.nproc / shape.batch)
@@ -329,12 +371,12 @@ def _costs(configs: list[Config], shapes: list[probe.Shape], timings: dict, rows
             steps = min(steps, config.max_steps)
         step = STEP_FACTOR * t["step_s"] + STEP_S
         per_epoch = steps * step + math.ceil(val_rows / shape.nproc) * t["eval_image_s"]
-        scoring = SCORING_FACTOR * 6 * val_rows * t["eval_image_s"]
-        total += runs * (START_S + config.epochs * per_epoch + END_S + scoring)
+        views_s = SCORING_FACTOR.get(config.model, SCORING_FACTOR_OTHERS) * 6 * t["eval_image_s"]  # an image's six
+        total += runs * (START_S + config.epochs * per_epoch + END_S + val_rows * views_s)
         epoch_s.append(round(per_epoch, 3))
-        image_s += runs * t["eval_image_s"]
+        test_image_s += runs * views_s  # every run of the recipe predicts the test file
     total += CV_END_S if runs > 1 else 0.0
-    predict = PREDICT_S + SCORING_FACTOR * 6 * TEST_ROWS * image_s
+    predict = PREDICT_S + TEST_ROWS * test_image_s
     return {"total_s": total + predict, "predict_s": predict, "epoch_s": epoch_s}
 
 
@@ -402,12 +444,13 @@ def behind_line(epochs_done: int, seconds: float, planned: float, epochs: int) -
 def paced_epochs(done: int, seconds: float, planned_s: float, planned_epochs: int, epochs: int, most: int) -> int:
     """The epochs that end the run's training when the plan said (`planned_epochs` of `planned_s` seconds) at the
     pace of the `done` epochs so far (`seconds` in all): `epochs` while that holds within REPLAN, else as many
-    as fit, at least one more and at most `most` (the most measured; never fewer than `epochs`' own plan)."""
+    as fit, at least one more, at most `most` (the most measured) or the planned count, whichever is more."""
     allotted = planned_epochs * planned_s
     pace = seconds / max(done, 1)
     if done >= epochs or abs(seconds + (epochs - done) * pace - allotted) <= REPLAN * allotted:
         return epochs
-    return max(done + 1, min(max(most, planned_epochs), done + round((allotted - seconds) / pace)))
+    fit = int((allotted - seconds) / pace + OVER)  # whole epochs: at most OVER of one past the planned time
+    return max(done + 1, min(max(most, planned_epochs), done + fit))
 
 
 def replan_line(done: int, seconds: float, planned_s: float, before: int, after: int) -> str:
@@ -431,6 +474,7 @@ def record_replan(run_dir: Path, done: int, before: int, after: int) -> None:
 def finish(folder: Path, record: dict[str, Any]) -> str:
     """At the end of training: record the actual seconds from the command's start in plan.json; the end line."""
     record = {**(load(folder) or record), "trained_actual_s": round(time.time() - record["started"], 1)}
+    learn_pace(folder, record)
     Plan([], record).save(folder)
     return end_line(record)
 

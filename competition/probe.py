@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 PATHS = ("onednn", "paddle")
 WARMUP, STEPS = 1, 3  # untimed steps, then the timed ones (their median is the figure)
+PACES = 5  # budgeted runs' paces kept in a shape's cache entry (record_pace)
 CLEAR = 4.0  # a path whose warm-up step took this many times the other's step is not timed further
 
 
@@ -98,6 +99,20 @@ def choose_all(shapes: list[Shape]) -> dict[Shape, dict[str, Any]]:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({**cached, **records}, indent=1) + "\n")
     return {**found, **{shape: {**records[shape.key()], "cached": False} for shape in missing}}
+
+
+def record_pace(key: str, pace: float) -> None:
+    """Keep a budgeted run's pace for its shape's cache entry: its epochs' seconds over what the cached probe
+    predicted (the last PACES runs; the planner scales the probe by their median)."""
+    path = cache_path()
+    with exclusive(path.with_name(path.name + ".lock")):
+        cached = _read(path)
+        if not _usable(cached.get(key)):
+            return
+        entry = cached[key]
+        entry["paces"] = [*entry.get("paces", []), round(pace, 3)][-PACES:]
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(cached, indent=1) + "\n")
 
 
 def _usable(entry: Any) -> bool:

@@ -43,7 +43,7 @@ def planned(monkeypatch: pytest.MonkeyPatch, minutes: float, speed: float, **opt
 
 @pytest.mark.parametrize("minutes, speed, choice", [
     # at speed 1.2 an airnet 16 epoch is 98 steps of 1.07 x 0.067 s + 20 ms, and 0.4 s of validation: 9.4 s; with
-    # the fixed costs (start, end, scoring, prediction: 17.2 s) 9 epochs take 102 s, 10 take 111 s: over 108 s
+    # the fixed costs (start, end, scoring, prediction: 16.2 s) 9 epochs take 101 s, 10 take 110 s: over 108 s
     (2, 1.2, "airnet 16 x 9 epochs"),
     (10, 1.0, "airnet 32 x 21 epochs"),
     (10, 0.25, "airnet 16 x 13 epochs"),  # a quarter of the speed: the narrower airnet
@@ -245,6 +245,11 @@ def test_a_run_off_its_plan_is_given_the_epochs_that_end_when_planned(done: int,
     assert plan.paced_epochs(done, seconds, 30.0, 12, 12, most) == epochs
 
 
+def test_a_re_plan_ends_at_most_a_quarter_epoch_late() -> None:
+    # a 10-minute run of this Xeon: 11 epochs of 39.6 s planned, the first took 34.8 s; 11.5 more fit: 11, not 12
+    assert plan.paced_epochs(1, 34.8, 39.62, 11, 11, 22) == 12
+
+
 def test_each_member_of_a_plan_is_paced_by_its_own_epochs(tmp_path: Path) -> None:
     record = {"epoch_s": [20.0, 50.0], "most_epochs": [34, 36]}
     (tmp_path / plan.PLAN_JSON).write_text(json.dumps(record))
@@ -258,3 +263,34 @@ def test_each_member_of_a_plan_is_paced_by_its_own_epochs(tmp_path: Path) -> Non
 def test_the_plan_records_how_far_a_re_plan_may_lengthen_it(monkeypatch: pytest.MonkeyPatch) -> None:
     assert planned(monkeypatch, 10, 1.0).record["most_epochs"] == [22]  # airnet 32, measured up to 22 epochs
     assert planned(monkeypatch, 60, 4.0).record["most_epochs"] == [34, 36]  # an ensemble keeps its members'
+
+
+def test_the_runs_pace_scales_the_cached_probe_instead_of_a_speed_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the runs here kept twice the speed the cache says (paces 0.5): the plan is what twice the speed plans
+    cached = fake_timings(1.0)
+    monkeypatch.setattr(plan, "_timings", lambda shapes, device: {
+        shape: {**timing, "cached": True, "paces": [0.5, 0.45, 0.55] if shape.model == "airnet" else []}
+        for shape, timing in cached(shapes, device).items()})
+    monkeypatch.setattr(probe, "measure", lambda shape: pytest.fail("timed again although runs kept a pace"))
+    record = plan.make(10, {"nproc": 2}, ROWS, time.time()).record
+    assert record["speed_checks"] == [] and "the runs here kept 2.00 x the speed of the cached probe" in record["why"]
+    assert record["choice"] == planned(monkeypatch, 10, 2.0).record["choice"]
+    assert record["speed_factors"] == [0.5] and record["shape_keys"][0].endswith("batch 256 x2 fp32")
+
+
+def test_a_finished_budgeted_run_keeps_its_pace_in_the_probes_cache(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    key = "a processor|avx2|cnn batch 256 x2 fp32"
+    entry = {f"{p}_{kind}": 0.1 for p in probe.PATHS for kind in ("step_s", "eval_image_s")}
+    probe.cache_path().parent.mkdir(parents=True)
+    probe.cache_path().write_text(json.dumps({key: {**entry, "paces": [0.9] * probe.PACES}}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.csv").write_text("epoch,seconds\n1,12.0\n2,10.0\n3,11.0\n")
+    # planned 10 s an epoch with the cache scaled by 0.8: the run kept 11 / 10 x 0.8 of the cache's speed
+    plan.learn_pace(run, {"shape_keys": [key], "speed_factors": [0.8], "epoch_s": [10.0]})
+    paces = json.loads(probe.cache_path().read_text())[key]["paces"]
+    assert paces == [0.9] * (probe.PACES - 1) + [0.88]  # the newest kept, the oldest let go
+    plan.learn_pace(run, {"shape_keys": [None], "speed_factors": [1.0], "epoch_s": [10.0]})  # probed this plan
+    assert json.loads(probe.cache_path().read_text())[key]["paces"] == paces

@@ -240,7 +240,7 @@ def make(minutes: float, options: dict[str, Any], rows: tuple[int, int], started
               "why": _why(table, best, limit) + "".join(f"; this hour {c['shape']} runs at {1 / c['factor']:.2f} x "
                                                         "the speed of the cached probe" for c in checks)
               + (f"; the runs here kept {1 / paces[shapes[found[best]][0]]:.2f} x the speed of the cached probe"
-                 if paces else ""),
+                 if shapes[found[best]][0] in paces else ""),  # a shape probed in this plan has no pace
               "speed_checks": checks,
               "shape_keys": [s.key() if timings[s].get("cached") else None for s in shapes[found[best]]],
               "speed_factors": [timings[s].get("speed_factor", 1.0) for s in shapes[found[best]]],

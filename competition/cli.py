@@ -152,7 +152,10 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
                    "image on alternate epochs (at random in the first) instead of at random every epoch")
     p.add_argument("--erase", type=float, metavar="P", help="random erasing probability (0: off)")
     p.add_argument("--ema", type=float, metavar="DECAY", help="validate and keep an exponential moving "
-                   "average of the weights, e.g. 0.999 (0: off)")
+                   "average of the weights, e.g. 0.999 (0: off; replaces a preset's --lookahead)")
+    p.add_argument("--lookahead", action=argparse.BooleanOptionalAction, help="airbench94's lookahead: every "
+                   "5 steps the weights move to their average, and the run ends on it (the airnet presets' weight "
+                   "average)")
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--rows", type=int, metavar="N", help="use only the first N training rows (smoke runs)")

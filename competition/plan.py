@@ -79,18 +79,19 @@ class Line:
 
 # LINES run from the cheapest step to the dearest: the planner probes their shapes in this order and stops at the
 # first whose shortest recipe cannot fit.
-# Six-view accuracy (what run.sh submits) on 10,000-row splits; float32, seed 0, on a 2-core Xeon (AVX-512,
-# 2026-12-03) unless the evidence says otherwise. Where a figure exists in both precisions the lower is kept
-# (airnet 48 x 12: 95.00% in float32, 95.17% in bfloat16). BENCHMARKS.md, "Time budgets", lists them all.
+# Six-view accuracy (what run.sh submits) on 10,000-row splits, seed 0 unless the evidence says otherwise. The
+# airnet lines (the default preset: airbench's recipe with --lookahead) in bfloat16 on a 2-core Zen 4 (AVX512-BF16,
+# 2026-12-07), with float32 (ONEDNN_MAX_CPU_ISA=AVX2) at some points: where a figure exists in both precisions the
+# lower is kept. The cnn (quick) and airnet64 (--ema 0.99) lines: float32 on a 2-core Xeon (AVX-512, 2026-12-03)
+# and bfloat16 on a Zen 4 unless the evidence says otherwise. BENCHMARKS.md, "Lookahead", lists them all.
 LINES: tuple[Line, ...] = (
     Line("quick", None, {1: 0.8775, 2: 0.8960, 3: 0.9063, 5: 0.9174, 7: 0.9253, 9: 0.9313},
          "cnn; 9: two seeds (e2d2e21)"),
-    Line("default", 16, {2: 0.8931, 4: 0.9173, 8: 0.9356, 16: 0.9421}, "airnet 16"),
-    Line("default", 32, {4: 0.9315, 8: 0.9453, 12: 0.9476, 16: 0.9504, 22: 0.9505},
-         "airnet 32; 16, 22: bf16, two seeds (1b0a17e, 8488ad3)"),
-    Line("default", None, {5: 0.9374, 12: 0.9500, 24: 0.9551},
-         "airnet 48; 12: fp32 95.00% (Zen 3, seed 0), bf16 95.17%; 24: fp32, seed 0"),
-    Line("airnet64", None, {30: 0.9549, 36: 0.9558}, "bf16, two seeds (b8f6bff, 1b0a17e)"),
+    Line("default", 16, {2: 0.9132, 3: 0.9210, 4: 0.9309, 6: 0.9356, 8: 0.9379, 16: 0.9438},
+         "airnet 16; 3: fp32 92.10%, bf16 92.14%; 4: fp32 93.09%, bf16 two seeds 93.26%"),
+    Line("default", 32, {4: 0.9382, 8: 0.9470, 12: 0.9484, 16: 0.9515}, "airnet 32; 8: fp32 94.70%, bf16 94.79%"),
+    Line("default", None, {12: 0.9518, 24: 0.9541}, "airnet 48"),
+    Line("airnet64", None, {30: 0.9549, 36: 0.9558}, "--ema 0.99; bf16, two seeds (b8f6bff, 1b0a17e)"),
     Line("resnet", None, {28: 0.9575, 34: 0.9593}, "resnet 32x2; bf16, two seeds (6e94a1e, 1b0a17e)"),
 )
 # Ensembles of two members' (preset, epochs), their probabilities' geometric mean; two seeds (BENCHMARKS.md,

@@ -7,6 +7,7 @@ import pickle
 import time
 from pathlib import Path
 
+import numpy as np
 import paddle
 import pytest
 
@@ -45,7 +46,8 @@ def planned(monkeypatch: pytest.MonkeyPatch, minutes: float, speed: float, **opt
     # at speed 1.2 an airnet 16 epoch is 98 steps of 1.07 x 0.067 s + 20 ms, and 0.4 s of validation: 9.4 s; with
     # the fixed costs (start, end, scoring, prediction: 16.2 s) 9 epochs take 101 s, 10 take 110 s: over 108 s
     (2, 1.2, "airnet 16 x 9 epochs"),
-    (10, 1.0, "airnet 32 x 21 epochs"),
+    (10, 0.5, "airnet 32 x 10 epochs"),  # between the measured 8 and 12 epochs
+    (10, 2.0, "airnet 48 x 21 epochs"),
     (10, 0.25, "airnet 16 x 13 epochs"),  # a quarter of the speed: the narrower airnet
     (60, 1.0, "airnet 64 x 36 epochs"),
     (60, 4.0, "resnet 32 x 34 + airnet 64 x 36 epochs"),  # four times faster: the measured ensemble
@@ -108,7 +110,7 @@ def test_shapes_after_the_first_that_cannot_fit_are_not_probed(monkeypatch: pyte
 
 
 def test_model_options_given_keep_the_plan_to_their_recipes(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert planned(monkeypatch, 60, 4.0, model="airnet", width=32).record["choice"] == "airnet 32 x 22 epochs"
+    assert planned(monkeypatch, 60, 4.0, model="airnet", width=32).record["choice"] == "airnet 32 x 16 epochs"
     with pytest.raises(CompetitionError, match="no measured recipe matches --model fc"):
         planned(monkeypatch, 10, 1.0, model="fc")
 
@@ -158,7 +160,7 @@ def test_a_budgeted_run_records_its_plan_falls_behind_is_replanned_and_keeps_it_
     monkeypatch.setattr(plan, "LINES", (plan.Line("quick", None, {2: 0.5, 3: 0.6}, "a short table"),))
     runs = tmp_path / "runs"
     assert main(["train", "--minutes", "1", "--model", "cnn", "--train", str(real_data["train"]), "--val-size", "100",
-                 "--nproc", "2", "--runs-dir", str(runs)]) == 0
+                 "--nproc", "2", "--lookahead", "--runs-dir", str(runs)]) == 0
     (run_dir,) = runs.iterdir()
     record = json.loads((run_dir / plan.PLAN_JSON).read_text())
     config = Config.load(run_dir / "config.json")
@@ -177,6 +179,11 @@ def test_a_budgeted_run_records_its_plan_falls_behind_is_replanned_and_keeps_it_
     two_epochs = build_schedule(config, 2)
     two_epochs.step(2)
     assert summary["lr"].iloc[1] == pytest.approx(two_epochs.get_lr()) and _schedule_step(run_dir) == 4
+    # the lookahead ended on its average at the re-planned last step (4), not at the first plan's (6)
+    last = pickle.loads((run_dir / "last.ckpt").read_bytes())
+    trained = paddle.load(io.BytesIO(last["model"]))
+    for name, average in last["progress"]["ema"].items():
+        np.testing.assert_array_equal(trained[name].numpy(), average, err_msg=name)
     assert 0 < record["trained_actual_s"] < 600
     monkeypatch.setattr(plan, "make", lambda *a, **k: pytest.fail("planned again"))
     before = (run_dir / plan.PLAN_JSON).read_text()
@@ -261,7 +268,7 @@ def test_each_member_of_a_plan_is_paced_by_its_own_epochs(tmp_path: Path) -> Non
 
 
 def test_the_plan_records_how_far_a_re_plan_may_lengthen_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert planned(monkeypatch, 10, 1.0).record["most_epochs"] == [22]  # airnet 32, measured up to 22 epochs
+    assert planned(monkeypatch, 10, 1.0).record["most_epochs"] == [16]  # airnet 32, measured up to 16 epochs
     assert planned(monkeypatch, 60, 4.0).record["most_epochs"] == [34, 36]  # an ensemble keeps its members'
 
 

@@ -122,12 +122,12 @@ def test_unknown_precision_in_a_configuration_is_refused() -> None:
 
 
 RECIPES = {
-    "cnn": ["--model", "cnn", "--optimizer", "adamw", "--weight-decay", "0.01", "--schedule", "cosine",
+    "cnn": ["--model", "cnn", "--ema", "0.9", "--optimizer", "adamw", "--weight-decay", "0.01", "--schedule", "cosine",
             "--warmup-epochs", "0.5", "--crop-pad", "2", "--flip", "--erase", "0.5", "--label-smoothing", "0.1"],
     # airbench's levers: whitening filters fitted to the data, fast BatchNorm shifts, alternating flips
     "airnet": ["--model", "airnet", "--width", "8", "--optimizer", "sgd", "--momentum", "0.85", "--lr", "0.05",
                "--weight-decay", "0.001", "--norm-bias-lr", "64", "--schedule", "linear", "--crop-pad", "2",
-               "--flip", "--alternate-flip", "--label-smoothing", "0.2"],
+               "--flip", "--alternate-flip", "--label-smoothing", "0.2", "--lookahead"],
 }
 
 
@@ -135,7 +135,7 @@ RECIPES = {
 def test_recipe_run_interrupted_and_resumed_matches_uninterrupted(recipe: str, real_data: dict, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     args = ["train", "--train", str(real_data["train"]), "--epochs", "3", "--val-size", "100", "--batch-size", "32",
-            "--ema", "0.9", *RECIPES[recipe]]
+            *RECIPES[recipe]]
     assert main(args + ["--runs-dir", str(tmp_path / "whole")]) == 0
     original = train.train_one_epoch
     calls = []
@@ -176,6 +176,39 @@ def test_weight_average_tracks_weights_and_is_applied_only_inside_its_block() ->
     again.load(average.state())
     np.testing.assert_allclose(again.shadow[name].numpy(), average.shadow[name].numpy())
     assert isinstance(again.shadow[name], paddle.Tensor)
+
+
+def test_lookahead_pulls_the_weights_to_their_average_every_five_steps_and_ends_on_it() -> None:
+    from competition.models import build_model
+    model = build_model("fc")
+    name = "1.bias"
+    start = model.state_dict()[name].numpy().copy()
+    lookahead = train.Lookahead(model, total=12)
+    for step in range(1, 13):
+        before = model.state_dict()[name].numpy().copy()
+        model.state_dict()[name].set_value(before + 1.0)  # a "training step" moves the weight by +1
+        lookahead.update()
+        now = model.state_dict()[name].numpy()
+        if step < 5:  # between pulls the weights train on alone
+            np.testing.assert_allclose(now, start + step, rtol=1e-6)
+        if step == 5:  # the average keeps 0.95^5 (5/12)^3 of itself, takes the rest from the weights
+            kept = 0.95 ** 5 * (5 / 12) ** 3
+            np.testing.assert_allclose(now, kept * start + (1 - kept) * (start + 5), rtol=1e-5)
+        if step in (5, 10, 12):
+            np.testing.assert_array_equal(now, lookahead.shadow[name].numpy())
+    at_ten = lookahead.shadow[name].numpy()
+    np.testing.assert_array_equal(model.state_dict()[name].numpy(), at_ten)  # the last step: the average itself
+    with lookahead.applied():  # the weights are the average: validation swaps nothing
+        np.testing.assert_array_equal(model.state_dict()[name].numpy(), at_ten)
+
+
+def test_the_airnet_presets_average_by_lookahead_and_ema_replaces_it() -> None:
+    assert Config.of_preset("default").lookahead and Config.of_preset("default").ema == 0
+    replaced = Config.of_preset("default", ema=0.999)
+    assert replaced.ema == 0.999 and not replaced.lookahead
+    assert Config.of_preset("airnet64", lookahead=True).ema == 0  # measured with --ema 0.99 as best's member
+    with pytest.raises(CompetitionError, match="--ema 0.9 and --lookahead are two weight averages; give one"):
+        Config(ema=0.9, lookahead=True).checked()
 
 
 def test_alternating_flip_mirrors_each_row_in_every_other_epoch_only() -> None:

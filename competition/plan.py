@@ -47,8 +47,10 @@ BEHIND = 0.10  # the training loop warns once its epochs run this much over the 
 # After each epoch the run's epochs are counted again when, at the pace so far, they would end this far off their
 # planned time: the host's speed moved by 10-30% within runs and between runs minutes apart (BENCHMARKS.md).
 REPLAN = 0.05
-OVER = 0.25  # a re-plan's last epoch may end this share of an epoch after the planned time (the nearest count, 0.5,
-# lengthened a 10-minute airnet 32 from 11 to 13 epochs on an 11.5-epoch fit: Xeon, 2026-12-03)
+# A re-plan takes the count that ends nearest the planned time, unless that would run past the budget itself (the
+# plan's spare seconds, shared by its runs). Rounding down instead (at most a quarter epoch late, b5386c0) ended a
+# 2-minute run 11% early on 17-18 s epochs: 5 epochs planned, the first 9% slow, 3.6 more fit, 3 run (Zen 4 under
+# the AVX2 cap, 2026-12-07).
 
 # The cost model, fitted to the grid runs of BENCHMARKS.md's "Time budgets" (2-core Xeon, AVX-512, float32): a
 # training step takes STEP_FACTOR x the probe's bare step (random data, no loader, no all-reduce) plus STEP_S (the
@@ -420,7 +422,8 @@ def _home(folder: Path) -> Optional[Path]:
 
 def member_plan(run_dir: Path) -> Optional[dict[str, float]]:
     """What the plan gave this run (a run, an ensemble's member k, a cv fold): `epoch_s`, the seconds an epoch
-    was planned to take, and `most`, the most epochs a re-plan may give it (0: no more than planned)."""
+    was planned to take, `most`, the most epochs a re-plan may give it (0: no more than planned), and `spare_s`,
+    its share of the seconds between the plan's predicted end and the budget's."""
     record = load(run_dir)
     if record is None:
         return None
@@ -428,7 +431,8 @@ def member_plan(run_dir: Path) -> Optional[dict[str, float]]:
     if len(record["epoch_s"]) > 1 and name.startswith("member") and name[6:].isdigit():
         k = int(name[6:]) - 1
     most = record.get("most_epochs") or []  # plans before re-planning have none
-    return {"epoch_s": record["epoch_s"][k], "most": most[k] if k < len(most) else 0}
+    spare = (record["minutes"] * 60 - record["predicted_s"]) / (record.get("runs", 1) * len(record["epoch_s"]))
+    return {"epoch_s": record["epoch_s"][k], "most": most[k] if k < len(most) else 0, "spare_s": max(0.0, spare)}
 
 
 def behind_line(epochs_done: int, seconds: float, planned: float, epochs: int) -> Optional[str]:
@@ -442,15 +446,18 @@ def behind_line(epochs_done: int, seconds: float, planned: float, epochs: int) -
             f"{late / 60:.1f} min late")
 
 
-def paced_epochs(done: int, seconds: float, planned_s: float, planned_epochs: int, epochs: int, most: int) -> int:
+def paced_epochs(done: int, seconds: float, planned_s: float, planned_epochs: int, epochs: int, most: int,
+                 spare_s: float = 0.0) -> int:
     """The epochs that end the run's training when the plan said (`planned_epochs` of `planned_s` seconds) at the
-    pace of the `done` epochs so far (`seconds` in all): `epochs` while that holds within REPLAN, else as many
-    as fit, at least one more, at most `most` (the most measured) or the planned count, whichever is more."""
+    pace of the `done` epochs so far (`seconds` in all): `epochs` while that holds within REPLAN, else the count
+    ending nearest the planned time but at most `spare_s` after it, at least one more, at most `most` (the most
+    measured) or the planned count, whichever is more."""
     allotted = planned_epochs * planned_s
     pace = seconds / max(done, 1)
     if done >= epochs or abs(seconds + (epochs - done) * pace - allotted) <= REPLAN * allotted:
         return epochs
-    fit = int((allotted - seconds) / pace + OVER)  # whole epochs: at most OVER of one past the planned time
+    fit = (allotted - seconds) / pace  # epochs that would end exactly when planned
+    fit = round(fit) if (round(fit) - fit) * pace <= spare_s else math.floor(fit)  # the nearest, within the budget
     return max(done + 1, min(max(most, planned_epochs), done + fit))
 
 

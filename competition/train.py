@@ -294,7 +294,7 @@ def train_run(run_dir: Path, resume: bool = False, data: Optional[TrainingData] 
                                  shuffle=False) if len(val_idx) else None
         progress = writer.progress or (EpochBar() if rank == 0 else None)
         given = None if resume else plan.member_plan(run_dir)  # a resumed run keeps its epochs: no clock to keep
-        paced = _Pace(given["epoch_s"], int(given["most"]), config.epochs) if given else None
+        paced = _Pace(given["epoch_s"], int(given["most"]), config.epochs, given["spare_s"]) if given else None
         try:
             config = _epochs(config, model, (optimizer, scheduler), ema, train_loader, (val_loader, len(val_idx)),
                              state, writer, progress, paced)
@@ -379,11 +379,13 @@ def _epochs(config: Config, model: nn.Layer,
 @dataclass
 class _Pace:
     """What a planned run keeps to: its plan's seconds an epoch, the most epochs it may have, the epochs it was
-    planned with; and whether it has said it is behind."""
+    planned with, the seconds it may end after the planned time within the budget; whether it has said it is
+    behind."""
 
     epoch_s: float
     most: int
     epochs: int
+    spare_s: float = 0.0
     warned: bool = False
 
 
@@ -401,7 +403,7 @@ def _keep_to_plan(config: Config, optimizing: tuple[paddle.optimizer.Optimizer, 
         log.warning("%s", behind)
         pace.warned = True
     epochs = parallel.from_rank0(plan.paced_epochs(done, seconds, pace.epoch_s, pace.epochs, config.epochs,
-                                                   pace.most))  # the ranks' clocks differ: one count for all
+                                                   pace.most, pace.spare_s))  # the ranks' clocks differ: one count
     if epochs == config.epochs:
         return config, scheduler
     if writer.active:

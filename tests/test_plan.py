@@ -252,18 +252,26 @@ def test_a_run_off_its_plan_is_given_the_epochs_that_end_when_planned(done: int,
     assert plan.paced_epochs(done, seconds, 30.0, 12, 12, most) == epochs
 
 
-def test_a_re_plan_ends_at_most_a_quarter_epoch_late() -> None:
-    # a 10-minute run of this Xeon: 11 epochs of 39.6 s planned, the first took 34.8 s; 11.5 more fit: 11, not 12
-    assert plan.paced_epochs(1, 34.8, 39.62, 11, 11, 22) == 12
+def test_a_re_plan_ends_nearest_the_planned_time_but_not_past_the_budget() -> None:
+    # a 2-minute run under the AVX2 cap: 5 epochs of 16.83 s planned, the first took 18.3 s; 3.6 more fit: 4 more,
+    # ending 7 s late, when the budget has 14 s beyond the plan; with no spare, 3 (ending 11 s early)
+    assert plan.paced_epochs(1, 18.3, 16.83, 5, 5, 16, spare_s=13.9) == 5
+    assert plan.paced_epochs(1, 18.3, 16.83, 5, 5, 16, spare_s=0.0) == 4
+    # a 10-minute run: 11 epochs of 39.6 s planned, the first took 34.8 s; 11.5 more fit: 12 more, 17 s late
+    assert plan.paced_epochs(1, 34.8, 39.62, 11, 11, 22, spare_s=60.0) == 13
+    assert plan.paced_epochs(1, 34.8, 39.62, 11, 11, 22, spare_s=10.0) == 12
+    # a slow run takes the nearest too: 1.3 more fit, 1 runs (ending 10 s early rather than 20 s late)
+    assert plan.paced_epochs(2, 60.0, 20.0, 5, 5, 16, spare_s=60.0) == 3
 
 
 def test_each_member_of_a_plan_is_paced_by_its_own_epochs(tmp_path: Path) -> None:
-    record = {"epoch_s": [20.0, 50.0], "most_epochs": [34, 36]}
+    # 60 minutes, 3,000 s predicted: 600 s to spare, 300 s for each member
+    record = {"epoch_s": [20.0, 50.0], "most_epochs": [34, 36], "minutes": 60, "predicted_s": 3000.0, "runs": 1}
     (tmp_path / plan.PLAN_JSON).write_text(json.dumps(record))
-    assert plan.member_plan(tmp_path / "member2") == {"epoch_s": 50.0, "most": 36}
-    assert plan.member_plan(tmp_path / "fold3") == {"epoch_s": 20.0, "most": 34}
-    (tmp_path / plan.PLAN_JSON).write_text(json.dumps({"epoch_s": [20.0]}))  # a plan from before re-planning
-    assert plan.member_plan(tmp_path / "fold3") == {"epoch_s": 20.0, "most": 0}
+    assert plan.member_plan(tmp_path / "member2") == {"epoch_s": 50.0, "most": 36, "spare_s": 300.0}
+    assert plan.member_plan(tmp_path / "fold3") == {"epoch_s": 20.0, "most": 34, "spare_s": 300.0}
+    (tmp_path / plan.PLAN_JSON).write_text(json.dumps({"epoch_s": [20.0], "minutes": 1, "predicted_s": 50.0}))
+    assert plan.member_plan(tmp_path / "fold3") == {"epoch_s": 20.0, "most": 0, "spare_s": 10.0}  # before re-plans
     assert plan.member_plan(tmp_path.parent / "elsewhere") is None
 
 

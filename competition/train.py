@@ -93,9 +93,9 @@ class Lookahead(WeightAverage):
 
     EVERY = 5
 
-    def __init__(self, model: nn.Layer, total: int, step: int = 0):
+    def __init__(self, model: nn.Layer, total: int):
         super().__init__(model, 0.0)
-        self.total, self.step = total, step  # the schedule's steps (a re-plan changes them), the steps taken
+        self.total, self.step = total, 0  # the schedule's steps (a re-plan changes them), the steps taken
 
     @paddle.no_grad()
     def update(self) -> None:
@@ -344,6 +344,7 @@ def _epochs(config: Config, model: nn.Layer,
     optimizer, scheduler = optimizing
     val_loader, val_rows = validation
     net = paddle.DataParallel(model) if parallel.world()[1] > 1 else model  # averages gradients over ranks
+    steps = epoch_steps(train_loader, config.max_steps)
     epoch = state.epoch
     while epoch < config.epochs:
         epoch += 1
@@ -364,10 +365,9 @@ def _epochs(config: Config, model: nn.Layer,
         if ema is not None:
             state.ema = ema.state()
         if paced is not None:
-            config, scheduler = _keep_to_plan(config, (optimizer, scheduler), state, writer, paced,
-                                              epoch_steps(train_loader, config.max_steps))
+            config, scheduler = _keep_to_plan(config, (optimizer, scheduler), state, writer, paced, steps)
             if isinstance(ema, Lookahead):
-                ema.total = config.epochs * epoch_steps(train_loader, config.max_steps)  # a re-plan's length
+                ema.total = config.epochs * steps  # a re-plan's length
         low, high = wilson_interval(row["val_acc"], val_rows)  # nan without a validation split
         writer.epoch(state, model, optimizer, losses, (low, high))
         log.info("epoch %d/%d [Train] loss %.4f acc %.4f [Eval] loss %.4f acc %.4f (%.4f-%.4f) lr %.2g %.1fs",

@@ -196,10 +196,10 @@ def test_lookahead_pulls_the_weights_to_their_average_every_five_steps_and_ends_
             np.testing.assert_allclose(now, kept * start + (1 - kept) * (start + 5), rtol=1e-5)
         if step in (5, 10, 12):
             np.testing.assert_array_equal(now, lookahead.shadow[name].numpy())
-    at_ten = lookahead.shadow[name].numpy()
-    np.testing.assert_array_equal(model.state_dict()[name].numpy(), at_ten)  # the last step: the average itself
+    last = lookahead.shadow[name].numpy()
+    np.testing.assert_array_equal(model.state_dict()[name].numpy(), last)  # the last step: the average itself
     with lookahead.applied():  # the weights are the average: validation swaps nothing
-        np.testing.assert_array_equal(model.state_dict()[name].numpy(), at_ten)
+        np.testing.assert_array_equal(model.state_dict()[name].numpy(), last)
 
 
 def test_the_airnet_presets_average_by_lookahead_and_ema_replaces_it() -> None:
